@@ -253,6 +253,12 @@ cdef int decode_gs1(const uint8_t* p, Py_ssize_t n, uint16_t home, Decoded* d) n
     return 0
 
 
+cdef inline bint gs1_symbology(uint8_t a, uint8_t b) noexcept nogil:
+    """Symbology identifiers of GS1 data: GS1-128, GS1 DataMatrix, GS1 QR, GS1 DataBar."""
+    return (a == 67 and b == 49) or (a == 100 and b == 50) or (a == 81 and b == 51) or \
+        (a == 101 and b == 48)
+
+
 cdef inline bint new_postcode(const uint8_t* p) noexcept nogil:
     """`[A-Z][0-9]{2}[A-Z0-9]{4}` on 7 bytes."""
     cdef int k
@@ -277,7 +283,7 @@ cdef int decode_read(const uint8_t* p, Py_ssize_t n, uint16_t home, Decoded* d) 
     if n == 0:
         d.error = E_BAD_LENGTH
         return 0
-    if n >= 3 and p[0] == 93 and p[1] == 67 and p[2] == 49:      # "]C1"
+    if n >= 3 and p[0] == 93 and gs1_symbology(p[1], p[2]):     # "]C1" "]d2" "]Q3" "]e0"
         return decode_gs1(p + 3, n - 3, home, d)
     if n >= 11 and n <= 15 and is_letter(p[0]) and is_letter(p[1]):
         d.kind = K_S10
@@ -487,8 +493,8 @@ cdef class CompiledPlan:
                 if key == 0:
                     continue
                 pclen = pco[i + 1] - pco[i]
-                if pclen > MAX_POSTCODE or pclen < 0:
-                    pclen = 0
+                if pclen > MAX_POSTCODE:      # prefix rules are at most MAX_POSTCODE long
+                    pclen = MAX_POSTCODE
                 if pclen:
                     memcpy(pc, &pcd[pco[i]], pclen)
                 dest = resolve_address(&self.t, countries[i], pc, pclen, 0)
@@ -763,3 +769,18 @@ cdef void route_batch(const Tables* t, const uint8_t* state, int32_t* rr,
         out_chute[e] = special_chute(t, state, reason)
         out_reason[e] = reason
         out_dest[e] = dest
+
+
+def constants():
+    """The C enums of _core.pxd, so a test can hold them equal to sorter/codes.py."""
+    return {
+        "reasons": [R_SORTED, R_NO_READ, R_INVALID, R_CONFLICT, R_UNKNOWN_DESTINATION,
+                    R_RECIRCULATE, R_OVERFLOW, R_LATE, R_MALFORMED],
+        "kinds": [K_UNKNOWN, K_S10, K_GS1, K_POSTCODE],
+        "errors": [E_OK, E_BAD_LENGTH, E_BAD_CHARACTER, E_BAD_CHECK_DIGIT, E_RESERVED_SERVICE,
+                   E_BAD_AI_FIELD, E_BAD_GS1_SYNTAX, E_UNRECOGNISED],
+        "chute_states": [CHUTE_AVAILABLE, CHUTE_DISABLED, CHUTE_FULL],
+        "policies": [POLICY_FILL_FIRST, POLICY_ROUND_ROBIN],
+        "no_country": NO_COUNTRY,
+        "max_postcode": MAX_POSTCODE,
+    }

@@ -34,6 +34,7 @@ from sorter.gs1_ai import AI_LENGTH_BY_PREFIX, AI_TABLE, CHARSET_82, PREDEFINED_
 __all__ = [
     "GS",
     "GS1_SYMBOLOGY_ID",
+    "GS1_SYMBOLOGY_IDS",
     "Gs1SyntaxError",
     "Read",
     "decode",
@@ -45,6 +46,8 @@ __all__ = [
 
 GS = 0x1D                      # ASCII group separator: how scanners transmit FNC1
 GS1_SYMBOLOGY_ID = b"]C1"      # GS1-128 symbology identifier
+# Symbology identifiers of GS1 element strings: GS1-128, GS1 DataMatrix, GS1 QR, GS1 DataBar.
+GS1_SYMBOLOGY_IDS = (b"]C1", b"]d2", b"]Q3", b"]e0")
 S10_WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
 S10_RESERVED_FIRST_LETTERS = b"JKSTW"
 
@@ -313,8 +316,8 @@ def decode(raw: bytes, home_country: int = 398) -> Read:
     n = len(raw)
     if n == 0:                                                       # 1. empty
         return Read(raw, KIND_UNKNOWN, BAD_LENGTH)
-    if raw.startswith(GS1_SYMBOLOGY_ID):                             # 2. ]C1
-        return _decode_gs1(raw, raw[len(GS1_SYMBOLOGY_ID):], home_country)
+    if raw[:3] in GS1_SYMBOLOGY_IDS:                                 # 2. ]C1 ]d2 ]Q3 ]e0
+        return _decode_gs1(raw, raw[3:], home_country)
     if n >= 2 and _all_in(raw[:2], _LETTERS) and 11 <= n <= 15:      # 3. S10
         return _decode_s10(raw)
     if _is_new_postcode(raw) or (                                    # 4. new postcode

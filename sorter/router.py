@@ -21,6 +21,7 @@ from .events import Decisions, EventBatch, arrow_offsets_data
 from .plan import Plan
 
 NO_COUNTRY = 0xFFFF
+MAX_POSTCODE = 20
 TRIE_FANOUT = 36
 
 
@@ -29,6 +30,8 @@ def normalise_prefix(prefix: str) -> str:
     p = prefix.replace(" ", "")
     if not p.isascii() or not all(c.isdigit() or "A" <= c <= "Z" for c in p):
         raise ValueError(f"postcode prefix {prefix!r} has characters outside 0-9 A-Z")
+    if not 0 < len(p) <= MAX_POSTCODE:
+        raise ValueError(f"postcode prefix {prefix!r} is empty or longer than {MAX_POSTCODE}")
     return p
 
 

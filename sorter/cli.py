@@ -1,0 +1,166 @@
+"""The `sorter` command line.
+
+    sorter plan check [PLAN] [--json]    load and validate a plan (default: the bundled one)
+    sorter plan show  [PLAN] [--json]    the same, then every destination, chute and rule
+
+Layout for people adding commands: every command is a `cmd_xxx(args) -> int` function (the
+exit status) and a `_add_xxx_parser(subparsers)` function that declares its arguments and sets
+`func=cmd_xxx`. `build_parser()` calls every function listed in `COMMANDS`; `main()` parses and
+dispatches. Exit status: 0 success, 1 the command's own failure (an invalid plan), 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+from .plan import DEFAULT_PLAN, Plan, PlanError, load_plan, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# sorter plan ...
+
+
+def _load_or_report(args: argparse.Namespace) -> Plan | None:
+    """Load args.plan; on failure print every problem (stderr, or JSON on stdout)."""
+    try:
+        return load_plan(args.plan)
+    except PlanError as e:
+        if args.json:
+            _print_json({"ok": False, "problems": [p.to_dict() for p in e.problems]})
+        else:
+            for p in e.problems:
+                print(p, file=sys.stderr)
+        return None
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _summary_lines(s: dict) -> list[str]:
+    c = s["counts"]
+    special = ", ".join(f"{r} {ch}" for r, ch in s["special"].items())
+    return [
+        f"plan OK: {s['name']} {s['version']} (home country {s['home_country']})",
+        f"  source:              {s['source']}",
+        f"  chutes:              {c['chutes']}",
+        f"  destinations:        {c['destinations']}",
+        f"  rules:               postcode {c['postcode_rules']}, country {c['country_rules']}, "
+        f"service {c['service_rules']}",
+        f"  manifest rows:       {c['manifest_rows']}",
+        f"  recirculation limit: {s['recirculation_limit']}",
+        f"  special chutes:      {special}",
+    ]
+
+
+def cmd_plan_check(args: argparse.Namespace) -> int:
+    plan = _load_or_report(args)
+    if plan is None:
+        return 1
+    s = summary(plan)
+    if args.json:
+        _print_json({"ok": True, "summary": s})
+    else:
+        print("\n".join(_summary_lines(s)))
+    return 0
+
+
+def _plan_details(plan: Plan) -> dict:
+    rules: dict[str, list[str]] = {d.name: [] for d in plan.destinations}
+    for kind, table in (("service", plan.service_rules), ("country", plan.country_rules),
+                        ("postcode", plan.postcode_rules)):
+        for key, dest in table.items():
+            rules.setdefault(dest, []).append(f"{kind} {key}")
+    return {
+        "destinations": [{"id": i, "name": d.name, "chutes": list(d.chutes), "policy": d.policy,
+                          "rules": rules[d.name]} for i, d in enumerate(plan.destinations)],
+        "postcode_rules": plan.postcode_rules,
+        "country_rules": plan.country_rules,
+        "service_rules": plan.service_rules,
+    }
+
+
+def cmd_plan_show(args: argparse.Namespace) -> int:
+    plan = _load_or_report(args)
+    if plan is None:
+        return 1
+    s = summary(plan)
+    details = _plan_details(plan)
+    if args.json:
+        _print_json({"ok": True, "summary": s, **details})
+        return 0
+    lines = _summary_lines(s)
+    used = {c for d in plan.destinations for c in d.chutes} | set(plan.special.values())
+    spare = [c for c in plan.chutes if c not in used]
+    lines.append(f"  spare chutes:        {', '.join(map(str, spare)) or 'none'}")
+    lines.append("")
+    lines.append(f"{'id':>3}  {'destination':<20} {'policy':<11} {'chutes':<14} rules")
+    for d in details["destinations"]:
+        lines.append(f"{d['id']:>3}  {d['name']:<20} {d['policy']:<11} "
+                     f"{','.join(map(str, d['chutes'])):<14} {', '.join(d['rules']) or '-'}")
+    print("\n".join(lines))
+    return 0
+
+
+def _add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
+    plan = subparsers.add_parser("plan", help="check and inspect sort plans",
+                                 description="Check and inspect sort plans (docs/plans.md).")
+    plan_sub = plan.add_subparsers(dest="plan_command", metavar="ACTION", required=True)
+    for name, func, help_ in (
+            ("check", cmd_plan_check, "validate a plan and print a summary, or every problem"),
+            ("show", cmd_plan_show, "validate a plan and print its destinations and rules")):
+        p = plan_sub.add_parser(name, help=help_, description=help_.capitalize() + ".")
+        p.add_argument("plan", nargs="?", default=None, metavar="PLAN",
+                       help=f"plan TOML file (default: the bundled {DEFAULT_PLAN.name})")
+        p.add_argument("--json", action="store_true",
+                       help="print the result as JSON on stdout")
+        p.set_defaults(func=func)
+
+
+# ---------------------------------------------------------------------------------------------
+# sorter route ...
+#
+# Not implemented yet. To add it: write `cmd_route(args) -> int` and
+# `_add_route_parser(subparsers)` here (subparsers.add_parser("route", ...), its arguments,
+# set_defaults(func=cmd_route)), then append `_add_route_parser` to COMMANDS below.
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+# One function per top-level command, each adding its subparser; order = order in --help.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_plan_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sorter", description="Parcel sorting engine: sort plans, routing, audit.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:           # --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`sorter plan show | head`): stop quietly, as a filter should
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
