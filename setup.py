@@ -3,15 +3,18 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-extensions = [
-    Extension(
-        "sorter._core",
-        ["sorter/_core.pyx"],
+def _ext(name: str) -> Extension:
+    return Extension(
+        f"sorter.{name}",
+        [f"sorter/{name}.pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )
-]
+
+
+# _core: decode, resolve, route. _wire: the binary wire protocol, parsed into columns.
+extensions = [_ext("_core"), _ext("_wire")]
 
 setup(
     ext_modules=cythonize(

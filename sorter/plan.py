@@ -500,14 +500,17 @@ def _check(plan: Plan, ctx: _Context) -> list[Problem]:
             (again if c in in_group else in_group).add(c)
         if again:
             P(out, path, f"chute {_compress(again)} listed more than once in the group")
+        shared: dict[str, list[int]] = {}
         for c in dict.fromkeys(good):
             other = owner.get(c)
             if other is not None and other != d.name:
-                P(out, path, f"chute {c} is already in the group of destination {other} "
-                             f"({ctx.where(('destinations', other, 'chutes'))}); "
-                             f"a chute serves one destination")
+                shared.setdefault(other, []).append(c)
             else:
                 owner[c] = d.name
+        for other, cs in shared.items():
+            P(out, path, f"chute {_compress(cs)} already in the group of destination {other} "
+                         f"({ctx.where(('destinations', other, 'chutes'))}); "
+                         f"a chute serves one destination")
         if d.policy not in POLICIES:
             P(out, base + ("policy",),
               f"unknown policy {d.policy!r}: expected one of {', '.join(POLICIES)}"
@@ -606,7 +609,8 @@ def _bytes_at(arr: pa.Array, pos: int) -> np.ndarray:
     """Byte `pos` of every string of `arr` (all of which are longer than pos), as uint8."""
     bufs = arr.buffers()
     odt = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    offsets = np.frombuffer(bufs[1], dtype=odt, count=len(arr) + 1, offset=arr.offset * np.dtype(odt).itemsize)
+    offsets = np.frombuffer(bufs[1], dtype=odt, count=len(arr) + 1,
+                            offset=arr.offset * np.dtype(odt).itemsize)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     return data[offsets[:-1] + pos]
 
@@ -617,7 +621,7 @@ def _digits(arr: pa.Array, start: int, count: int) -> list[np.ndarray]:
 
 def _valid_s10_mask(ids: pa.Array) -> np.ndarray:
     """True where ids is a valid S10 (shape, reserved letters, check digit); nulls False."""
-    shape = pc.fill_null(pc.match_substring_regex(ids, _S10_RE), False).to_numpy(zero_copy_only=False)
+    shape = _np_bool(pc.match_substring_regex(ids, _S10_RE))
     idx = np.flatnonzero(shape)
     if idx.size:
         sub = ids.take(pa.array(idx))
@@ -630,7 +634,7 @@ def _valid_s10_mask(ids: pa.Array) -> np.ndarray:
 
 
 def _valid_sscc_mask(ids: pa.Array) -> np.ndarray:
-    shape = pc.fill_null(pc.match_substring_regex(ids, _SSCC_RE), False).to_numpy(zero_copy_only=False)
+    shape = _np_bool(pc.match_substring_regex(ids, _SSCC_RE))
     idx = np.flatnonzero(shape)
     if idx.size:
         sub = ids.take(pa.array(idx))
@@ -748,8 +752,9 @@ def _normalise_manifest(table: pa.Table, file: str, problems: list[Problem]) -> 
             if pa.types.is_dictionary(t):
                 t = t.value_type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
-                problems.append(Problem(file, None, c, f"column {c} must hold strings, not {a.type} "
-                                                       f"(store ids and postcodes as text)"))
+                problems.append(Problem(file, None, c,
+                                        f"column {c} must hold strings, not {a.type} "
+                                        f"(store ids and postcodes as text)"))
                 bad = True
                 continue
             a = a.cast(pa.string())
@@ -806,8 +811,9 @@ def _read_manifest_csv(path: Path, file: str, problems: list[Problem]
         problems.append(Problem(file, r.number, "manifest",
                                 f"expected {r.expected_columns} columns, found {r.actual_columns}"))
     if len(bad_rows) > MANIFEST_PROBLEM_LIMIT:
-        problems.append(Problem(file, None, "manifest",
-                                f"and {len(bad_rows) - MANIFEST_PROBLEM_LIMIT} more malformed rows"))
+        problems.append(Problem(
+            file, None, "manifest",
+            f"and {len(bad_rows) - MANIFEST_PROBLEM_LIMIT} more malformed rows"))
     # physical line of each parsed row: header is line 1, skipped malformed rows leave gaps
     total = table.num_rows + len(bad_rows)
     lines = np.arange(2, total + 2, dtype=np.int64)

@@ -355,7 +355,8 @@ def test_empty_chute_group(tmp_path):
 def test_missing_destination_chutes(tmp_path):
     text = edit("chutes = [3]\n", "")
     p = only(problems_of(write(tmp_path, text)))
-    assert (p.field, p.line) == ("destinations.ASTANA.chutes", line_of(text, "[destinations.ASTANA]"))
+    assert p.field == "destinations.ASTANA.chutes"
+    assert p.line == line_of(text, "[destinations.ASTANA]")
 
 
 def test_unknown_policy(tmp_path):
@@ -385,7 +386,8 @@ def test_rule_names_unknown_destination(tmp_path, old, new, field):
 
 def test_csv_rule_names_unknown_destination(tmp_path):
     text = with_files(postcode_prefixes="p.csv")
-    p = only(problems_of(write(tmp_path, text, {"p.csv": "prefix,destination\nA,ALMATY\nB,NOPE\n"})))
+    csv_text = "prefix,destination\nA,ALMATY\nB,NOPE\n"
+    p = only(problems_of(write(tmp_path, text, {"p.csv": csv_text})))
     assert (p.file, p.line, p.field) == (str(tmp_path / "p.csv"), 3, "destination")
 
 
@@ -414,7 +416,8 @@ def test_duplicate_prefix_after_removing_spaces(tmp_path):
 
 def test_duplicate_prefix_toml_vs_csv(tmp_path):
     text = with_files(postcode_prefixes="p.csv")
-    p = only(problems_of(write(tmp_path, text, {"p.csv": "prefix,destination\nA,ALMATY\n05,ASTANA\n"})))
+    csv_text = "prefix,destination\nA,ALMATY\n05,ASTANA\n"
+    p = only(problems_of(write(tmp_path, text, {"p.csv": csv_text})))
     assert (p.file, p.line, p.field) == (str(tmp_path / "p.csv"), 3, "prefix")
     assert f"plan.toml:{L05}" in p.message
 
@@ -892,5 +895,5 @@ def test_cli_subprocess(tmp_path):
     bad = run(str(path))
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.splitlines() == [
-        f"{path}:{line_of(text, 'polcy')}: destinations.ASTANA.polcy: unknown key 'polcy' (did you mean 'policy'?) "
-        f"(allowed: chutes, policy)"]
+        f"{path}:{line_of(text, 'polcy')}: destinations.ASTANA.polcy: unknown key 'polcy' "
+        f"(did you mean 'policy'?) (allowed: chutes, policy)"]
