@@ -106,18 +106,37 @@ def _concat(m: int, *parts: Reads | bytes) -> Reads:
     """Row-wise concatenation of variable-length pieces."""
     ps = [_const(p, m) if isinstance(p, bytes) else p for p in parts]
     width = sum(p.buf.shape[1] for p in ps)
-    out = np.zeros((m, width), np.uint8)
-    pos = np.zeros(m, np.int64)
-    rows = np.arange(m)[:, None]
+    out = np.zeros(m * width, np.uint8)
+    base = np.arange(m, dtype=np.int64) * width
+    pos = base.copy()
     for p in ps:
         w = p.buf.shape[1]
         if w == 0:
             continue
         cols = np.arange(w)
-        mask = cols < p.lens[:, None]
-        out[np.broadcast_to(rows, (m, w))[mask], (pos[:, None] + cols)[mask]] = p.buf[mask]
+        if bool((p.lens == w).all()):
+            out[pos[:, None] + cols] = p.buf
+        else:
+            mask = cols < p.lens[:, None]
+            out[(pos[:, None] + cols)[mask]] = p.buf[mask]
         pos += p.lens
-    return Reads(out, pos)
+    return Reads(out.reshape(m, width), pos - base)
+
+
+def _by_variant(variant: np.ndarray, makers) -> Reads:
+    """Row i built by makers[variant[i]]; each maker is called once with its row count."""
+    built = []
+    for k, make in enumerate(makers):
+        rows = np.flatnonzero(variant == k)
+        if len(rows):
+            built.append((rows, make(len(rows))))
+    m = len(variant)
+    out = np.zeros((m, max([r.buf.shape[1] for _, r in built] or [0])), np.uint8)
+    lens = np.zeros(m, np.int64)
+    for rows, r in built:
+        out[rows, : r.buf.shape[1]] = r.buf
+        lens[rows] = r.lens
+    return Reads(out, lens)
 
 
 def _select(choice: np.ndarray, options: list[Reads]) -> Reads:
@@ -397,10 +416,10 @@ def _make_manifest(rng: np.random.Generator, rows: int, info: _PrefixInfo,
     # Addresses: 0 planned domestic, 1 unplanned domestic, 2 abroad, 3 KZ without postcode,
     # 4 nothing at all (a row that resolves to no destination).
     kind = _exact_labels(rng, rows, (0.60, 0.10, 0.20, 0.05, 0.05))
-    domestic = _postcodes(rng, rows, info, matched=1.0)
-    unplanned = _postcodes(rng, rows, info, matched=0.0)
-    foreign = _full(_chars(rng, _DIGITS, (rows, 6)))
-    postcodes = _select(np.minimum(kind, 2), [domestic, unplanned, foreign])
+    postcodes = _by_variant(np.minimum(kind, 2), [
+        lambda k: _postcodes(rng, k, info, matched=1.0),
+        lambda k: _postcodes(rng, k, info, matched=0.0),
+        lambda k: _full(_chars(rng, _DIGITS, (k, 6)))])
     has_pc = (kind <= 1) | ((kind == 2) & (rng.random(rows) < 0.7))
     names = [HOME] + ruled + list(UNRULED_COUNTRIES)
     country_idx = np.zeros(rows, np.int64)
@@ -533,13 +552,20 @@ def _s10_unadvised(ctx: _Context, m: int, first: np.ndarray | None = None) -> Re
     """Valid S10 ids that are not in the manifest."""
     ids = _s10(ctx.rng, _affine_serials(ctx.serial_base, m, 12_345), first)
     ctx.serial_base += m
-    clash = np.isin(_s10_keys(ids.buf), ctx.manifest_s10_keys)
+    clash = _in_sorted(_s10_keys(ids.buf), ctx.manifest_s10_keys)
     while clash.any():
         redo = _s10(ctx.rng, ctx.rng.integers(10**8, size=int(clash.sum())),
                     None if first is None else first[clash])
         ids.buf[clash] = redo.buf
-        clash = np.isin(_s10_keys(ids.buf), ctx.manifest_s10_keys)
+        clash = _in_sorted(_s10_keys(ids.buf), ctx.manifest_s10_keys)
     return ids
+
+
+def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    if not len(sorted_keys):
+        return np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
 
 
 def _random_sscc(ctx: _Context, m: int, check_offset=0) -> Reads:
@@ -565,32 +591,36 @@ def _gs1(ctx: _Context, m: int) -> Reads:
     """GS1-128 messages: SSCC + 420 / 421, GS separators where a variable field is followed by
     another element (and sometimes where none is needed), 401 / 403, GTIN-only labels, element
     strings without the ]C1 symbology identifier."""
-    rng = ctx.rng
-    v = _exact_labels(rng, m, (30, 15, 15, 10, 10, 8, 5, 4, 3))
-    sscc = _random_sscc(ctx, m)
-    pc420 = _postcodes(rng, m, ctx.info)
-    c421 = _country_field(ctx, m)
-    consignment = _full(_chars(rng, _ALNUM, (m, 12)))
-    consignment.lens = rng.integers(6, 13, size=m)
-    route = _full(_chars(rng, _ALNUM, (m, 6)))
-    gtin = _full(_chars(rng, _DIGITS, (m, 14)))
-    batch = _full(_chars(rng, _ALNUM, (m, 8)))
-    advised = _pick(ctx, ctx.sscc_ids, m)
-    if advised is None:
-        advised = sscc
+    rng, info = ctx.rng, ctx.info
     g = bytes([GS])
-    variants = [
-        _concat(m, b"]C100", sscc, b"420", pc420),
-        _concat(m, b"]C100", sscc, g + b"421", c421),
-        _concat(m, b"]C1420", pc420, g + b"00", sscc),
-        _concat(m, b"]C1421", c421, g + b"401", consignment),
-        _concat(m, b"]C100", advised),
-        _concat(m, b"00", sscc, b"420", pc420),
-        _concat(m, g + b"00", sscc, b"403", route, g + b"420", pc420),
-        _concat(m, b"]C101", gtin, b"10", batch),
-        _concat(m, b"]C1420", pc420, g + b"421", c421),
-    ]
-    return _select(v, variants)
+
+    def sscc(k):
+        return _random_sscc(ctx, k)
+
+    def pc420(k):
+        return _postcodes(rng, k, info)
+
+    def alnum(k, lo, hi):
+        r = _full(_chars(rng, _ALNUM, (k, hi)))
+        r.lens = rng.integers(lo, hi + 1, size=k)
+        return r
+
+    def advised(k):
+        ids = _pick(ctx, ctx.sscc_ids, k)
+        return ids if ids is not None else sscc(k)
+
+    return _by_variant(_exact_labels(rng, m, (30, 15, 15, 10, 10, 8, 5, 4, 3)), [
+        lambda k: _concat(k, b"]C100", sscc(k), b"420", pc420(k)),
+        lambda k: _concat(k, b"]C100", sscc(k), g + b"421", _country_field(ctx, k)),
+        lambda k: _concat(k, b"]C1420", pc420(k), g + b"00", sscc(k)),
+        lambda k: _concat(k, b"]C1421", _country_field(ctx, k), g + b"401", alnum(k, 6, 12)),
+        lambda k: _concat(k, b"]C100", advised(k)),
+        lambda k: _concat(k, b"00", sscc(k), b"420", pc420(k)),
+        lambda k: _concat(k, g + b"00", sscc(k), b"403", alnum(k, 4, 6), g + b"420", pc420(k)),
+        lambda k: _concat(k, b"]C101", _full(_chars(rng, _DIGITS, (k, 14))), b"10",
+                          alnum(k, 8, 8)),
+        lambda k: _concat(k, b"]C1420", pc420(k), g + b"421", _country_field(ctx, k)),
+    ])
 
 
 def _bare_postcode(ctx: _Context, m: int) -> Reads:
@@ -603,20 +633,38 @@ def _damaged(ctx: _Context, m: int) -> Reads:
     """Reads that are all invalid: wrong check digits, truncation, lower case, reserved S10
     service, SSCC cut short, junk."""
     rng = ctx.rng
-    v = _exact_labels(rng, m, (30, 15, 15, 10, 10, 10, 10))
-    good = _s10_manifest(ctx, m)
-    wrong = _s10(rng, rng.integers(10**8, size=m), check_offset=rng.integers(1, 10, size=m))
-    truncated = Reads(good.buf.copy(), 13 - rng.integers(1, 3, size=m))
-    lower = Reads(good.buf.copy(), good.lens)
-    lower.buf[:, :2] += 32
-    reserved = _s10(rng, rng.integers(10**8, size=m),
-                    first=_chars(rng, np.frombuffer(_S10_RESERVED_FIRST, np.uint8), m))
-    bad_sscc = _concat(m, b"]C100", _random_sscc(ctx, m, rng.integers(1, 10, size=m)),
-                       b"420", _postcodes(rng, m, ctx.info))
-    cut_sscc = _concat(m, b"]C100", Reads(_random_sscc(ctx, m).buf, rng.integers(5, 17, size=m)))
-    junk = _select((rng.random(m) < 0.5).astype(np.int64),
-                   [_concat(m, b"?", _full(_chars(rng, _ALNUM, (m, 8)))), _const(b"NOREAD", m)])
-    return _select(v, [wrong, truncated, bad_sscc, cut_sscc, lower, reserved, junk])
+
+    def wrong_s10(k):
+        return _s10(rng, rng.integers(10**8, size=k), check_offset=rng.integers(1, 10, size=k))
+
+    def truncated(k):
+        good = _s10_manifest(ctx, k)
+        return Reads(good.buf, 13 - rng.integers(1, 3, size=k))
+
+    def lower(k):
+        good = _s10_manifest(ctx, k)
+        buf = good.buf.copy()
+        buf[:, :2] += 32
+        return Reads(buf, good.lens)
+
+    def reserved(k):
+        return _s10(rng, rng.integers(10**8, size=k),
+                    first=_chars(rng, np.frombuffer(_S10_RESERVED_FIRST, np.uint8), k))
+
+    def bad_sscc(k):
+        return _concat(k, b"]C100", _random_sscc(ctx, k, rng.integers(1, 10, size=k)),
+                       b"420", _postcodes(rng, k, ctx.info))
+
+    def cut_sscc(k):
+        return _concat(k, b"]C100", Reads(_random_sscc(ctx, k).buf, rng.integers(5, 17, size=k)))
+
+    def junk(k):
+        return _by_variant((rng.random(k) < 0.5).astype(np.int64), [
+            lambda j: _concat(j, b"?", _full(_chars(rng, _ALNUM, (j, 8)))),
+            lambda j: _const(b"NOREAD", j)])
+
+    return _by_variant(_exact_labels(rng, m, (30, 15, 15, 10, 10, 10, 10)),
+                       [wrong_s10, truncated, bad_sscc, cut_sscc, lower, reserved, junk])
 
 
 def _multi(ctx: _Context, m: int) -> tuple[Reads, Reads]:
@@ -649,7 +697,7 @@ def make_events_labelled(plan: Plan, n: int, seed: int = 0
     if plan.manifest is not None and plan.manifest.num_rows:
         s10_ids, sscc_ids = _gather_ids(plan.manifest)
         if s10_ids is not None:
-            manifest_keys = np.unique(_s10_keys(s10_ids.buf))
+            manifest_keys = np.sort(_s10_keys(s10_ids.buf))
     ctx = _Context(rng=rng, info=_prefix_info(plan), home_numeric=home,
                    ruled=np.array(ruled or [NOT_A_COUNTRY], np.int64),
                    unruled=np.array(unruled or [NOT_A_COUNTRY], np.int64),

@@ -2,6 +2,7 @@
 
     sorter plan check [PLAN] [--json]    load and validate a plan (default: the bundled one)
     sorter plan show  [PLAN] [--json]    the same, then every destination, chute and rule
+    sorter route [--plan PLAN] [FILE]    route scan lines (parcel id TAB read TAB read ...)
 
 Layout for people adding commands: every command is a `cmd_xxx(args) -> int` function (the
 exit status) and a `_add_xxx_parser(subparsers)` function that declares its arguments and sets
@@ -122,10 +123,57 @@ def _add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # sorter route ...
-#
-# Not implemented yet. To add it: write `cmd_route(args) -> int` and
-# `_add_route_parser(subparsers)` here (subparsers.add_parser("route", ...), its arguments,
-# set_defaults(func=cmd_route)), then append `_add_route_parser` to COMMANDS below.
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from .route_lines import route_lines      # numpy/pyarrow only when routing
+
+    plan = _load_or_report(argparse.Namespace(plan=args.plan, json=False))
+    if plan is None:
+        return 1
+    states = {c: "full" for c in args.full} | {c: "disabled" for c in args.disabled}
+    if args.file in (None, "-"):
+        return route_lines(plan, sys.stdin.buffer, "<stdin>", sys.stdout, sys.stderr,
+                           states, batch_size=1 if sys.stdin.isatty() else args.batch)
+    try:
+        with open(args.file, "rb") as f:
+            return route_lines(plan, f, args.file, sys.stdout, sys.stderr, states,
+                               batch_size=args.batch)
+    except OSError as e:
+        print(f"{args.file}: cannot read: {e.strerror}", file=sys.stderr)
+        return 1
+
+
+def _chute_list(text: str) -> list[int]:
+    try:
+        chutes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected chute numbers like 5,6,7, got {text!r}")
+    if any(not 0 < c <= 65535 for c in chutes):
+        raise argparse.ArgumentTypeError("chute numbers are 1..65535")
+    return chutes
+
+
+def _add_route_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "route", help="route scan lines and print one JSON decision per line",
+        description="Route scan lines through the compiled core and print one JSON object "
+                    "per line: parcel_id, chute, reason, destination, plan_version and the "
+                    "decoded reads. Input lines: parcel id, then zero or more reads, "
+                    "tab-separated (no reads = no read). In a read, <GS> or \\x1d stands for "
+                    "the GS byte (FNC1). Bad lines are reported on stderr with their line "
+                    "number; the rest still route; the exit status is then 1.")
+    p.add_argument("file", nargs="?", default=None, metavar="FILE",
+                   help="scan lines (default or '-': standard input)")
+    p.add_argument("--plan", default=None, metavar="PLAN",
+                   help=f"plan TOML file (default: the bundled {DEFAULT_PLAN.name})")
+    p.add_argument("--full", type=_chute_list, default=[], metavar="CHUTES",
+                   help="comma-separated chutes to treat as full")
+    p.add_argument("--disabled", type=_chute_list, default=[], metavar="CHUTES",
+                   help="comma-separated chutes to treat as disabled")
+    p.add_argument("--batch", type=int, default=4096, metavar="N",
+                   help="lines routed per core call (default 4096; 1 on a terminal)")
+    p.set_defaults(func=cmd_route)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +182,7 @@ def _add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
 # One function per top-level command, each adding its subparser; order = order in --help.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_plan_parser,
+    _add_route_parser,
 ]
 
 

@@ -97,6 +97,31 @@ class EventBatch:
             event_offsets=np.ascontiguousarray(event_offsets), read_offsets=read_offsets, data=data)
 
 
+def concat_batches(batches: list[EventBatch]) -> EventBatch:
+    """One batch holding the events of several, in order (offsets rebased, data joined)."""
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return EventBatch.from_reads([])
+    ev, rd = [np.zeros(1, np.int32)], [np.zeros(1, np.int32)]
+    n_reads = n_bytes = 0
+    for b in batches:
+        ev.append(b.event_offsets[1:] - b.event_offsets[0] + n_reads)
+        rd.append(b.read_offsets[b.event_offsets[0] + 1: b.event_offsets[-1] + 1]
+                  - b.read_offsets[b.event_offsets[0]] + n_bytes)
+        n_reads += int(b.event_offsets[-1] - b.event_offsets[0])
+        n_bytes += int(b.read_offsets[b.event_offsets[-1]] - b.read_offsets[b.event_offsets[0]])
+    data = np.concatenate([b.data[b.read_offsets[b.event_offsets[0]]: b.read_offsets[b.event_offsets[-1]]]
+                           for b in batches])
+    return EventBatch(
+        parcel_ids=np.concatenate([b.parcel_ids for b in batches]),
+        scanner_ids=np.concatenate([b.scanner_ids for b in batches]),
+        ts_ns=np.concatenate([b.ts_ns for b in batches]),
+        recirculations=np.concatenate([b.recirculations for b in batches]),
+        event_offsets=np.concatenate(ev).astype(np.int32),
+        read_offsets=np.concatenate(rd).astype(np.int32), data=data)
+
+
 def _column(values, n: int, dtype, default) -> np.ndarray:
     if values is None:
         return np.full(n, default, dtype) if np.isscalar(default) else np.asarray(default, dtype)

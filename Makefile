@@ -1,0 +1,31 @@
+# Convenience targets; the README's two commands work without make.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: all build run test bench annotate clean
+
+all: build
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+
+build: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+run: build
+	$(BIN)/sorter route sorter/data/sample_scans.tsv
+
+test: build
+	$(BIN)/python -m pytest
+
+bench: build
+	$(BIN)/python -m bench core --json bench/out/core.json
+
+# HTML view of what in the core still touches Python (yellow lines).
+annotate: $(BIN)/python
+	$(BIN)/cython -a -3 sorter/_core.pyx -o /tmp/_core_annotated.c && mv sorter/_core.html . && echo "see _core.html"
+
+clean:
+	rm -rf build *.egg-info sorter/*.c sorter/*.so sorter/*.html
