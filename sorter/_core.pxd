@@ -55,6 +55,12 @@ cdef struct Decoded:
     uint64_t item_key         # manifest key (S10 or SSCC), 0 when absent
     char postcode[MAX_POSTCODE]
 
+# One manifest hash slot: key and destination side by side, one cache line access per probe.
+cdef struct ManifestSlot:
+    uint64_t key                   # 0 = empty
+    int32_t dest                   # -1 = the row resolves to no destination
+    int32_t _pad
+
 # The immutable tables of one compiled plan, as raw pointers into arrays the plan owns.
 cdef struct Tables:
     uint16_t home_country
@@ -63,8 +69,7 @@ cdef struct Tables:
     const int32_t* trie_dest       # n_nodes, -1 = none
     const int32_t* country_dest    # 1000, -1 = none
     const int32_t* service_dest    # 26 * 27: [first*27 + second], [first*27 + 26] = one-letter rule
-    const uint64_t* manifest_keys  # capacity slots, 0 = empty
-    const int32_t* manifest_dest
+    const ManifestSlot* manifest   # capacity slots
     uint64_t manifest_mask         # capacity - 1 (capacity is a power of two)
     const int32_t* group_offsets   # n_destinations + 1
     const uint16_t* group_chutes

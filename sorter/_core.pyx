@@ -337,18 +337,31 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
+cdef extern from *:
+    """
+    #define SORTER_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 1)
+    """
+    void SORTER_PREFETCH(const void* p) noexcept nogil
+
+
 cdef inline bint manifest_get(const Tables* t, uint64_t key, int32_t* dest) noexcept nogil:
     cdef uint64_t slot
     if t.manifest_mask == 0:
         return False
     slot = mix64(key) & t.manifest_mask
     while True:
-        if t.manifest_keys[slot] == key:
-            dest[0] = t.manifest_dest[slot]
+        if t.manifest[slot].key == key:
+            dest[0] = t.manifest[slot].dest
             return True
-        if t.manifest_keys[slot] == 0:
+        if t.manifest[slot].key == 0:
             return False
         slot = (slot + 1) & t.manifest_mask
+
+
+cdef inline void manifest_prefetch(const Tables* t, uint64_t key) noexcept nogil:
+    """Start loading the key's slot now; resolving it later then rarely waits for memory."""
+    if t.manifest_mask != 0 and key != 0:
+        SORTER_PREFETCH(&t.manifest[mix64(key) & t.manifest_mask])
 
 
 cdef inline int32_t trie_lookup(const Tables* t, const char* pc, int n) noexcept nogil:
@@ -480,10 +493,9 @@ cdef class CompiledPlan:
         if n and (pco[0] < 0 or pco[n] > pcd.shape[0]):
             raise ValueError("manifest postcode offsets outside the data")
         cdef uint64_t cap = _capacity_for(n), mask = cap - 1, slot, key
-        cdef cnp.ndarray[uint64_t, ndim=1] hk = np.zeros(cap, np.uint64)
-        cdef cnp.ndarray[int32_t, ndim=1] hd = np.full(cap, -1, np.int32)
-        cdef uint64_t* hkp = &hk[0]
-        cdef int32_t* hdp = &hd[0]
+        table = np.zeros(cap * sizeof(ManifestSlot), np.uint8)    # key 0 = empty
+        cdef uint8_t[::1] raw = table
+        cdef ManifestSlot* slots = <ManifestSlot*>&raw[0]
         cdef int32_t dest
         cdef int pclen, rows = 0
         cdef char pc[MAX_POSTCODE]
@@ -499,17 +511,16 @@ cdef class CompiledPlan:
                     memcpy(pc, &pcd[pco[i]], pclen)
                 dest = resolve_address(&self.t, countries[i], pc, pclen, 0)
                 slot = mix64(key) & mask
-                while hkp[slot] != 0 and hkp[slot] != key:
+                while slots[slot].key != 0 and slots[slot].key != key:
                     slot = (slot + 1) & mask
-                if hkp[slot] == 0:          # the first row of a duplicated id wins
-                    hkp[slot] = key
-                    hdp[slot] = dest
+                if slots[slot].key == 0:          # the first row of a duplicated id wins
+                    slots[slot].key = key
+                    slots[slot].dest = dest
                     rows += 1
-        self.t.manifest_keys = hkp
-        self.t.manifest_dest = hdp
+        self.t.manifest = slots
         self.t.manifest_mask = mask
         self.manifest_rows = rows
-        return [hk, hd]
+        return [table]
 
     @property
     def nbytes(self):
@@ -700,76 +711,141 @@ cdef inline uint16_t choose_chute(const Tables* t, const uint8_t* state, int32_t
     return 0
 
 
+# Reads decoded ahead per block: decode a block of events, prefetching manifest slots, then
+# resolve the block, so the manifest's cache misses overlap instead of queueing.
+cdef enum:
+    BLOCK_EVENTS = 32
+    BLOCK_READS = 128
+
+
+# What the reads of one event add up to (docs/routing.md section 3, steps 4-5).
+cdef struct Acc:
+    int n_valid
+    int32_t dest
+    int32_t svc_dest
+    bint conflict
+    bint svc_conflict
+    bint any_svc
+
+
+cdef inline void acc_init(Acc* a) noexcept nogil:
+    a.n_valid = 0
+    a.dest = -1
+    a.svc_dest = -1
+    a.conflict = False
+    a.svc_conflict = False
+    a.any_svc = False
+
+
+cdef inline void acc_add(Acc* a, const Tables* t, const Decoded* d) noexcept nogil:
+    cdef bint via
+    cdef int32_t x
+    if d.error != E_OK:
+        return
+    a.n_valid += 1
+    x = resolve_read(t, d, &via)
+    if via:
+        if not a.any_svc:
+            a.any_svc = True
+            a.svc_dest = x
+        elif x != a.svc_dest:
+            a.svc_conflict = True
+    elif x >= 0:
+        if a.dest < 0:
+            a.dest = x
+        elif x != a.dest:
+            a.conflict = True
+
+
+cdef inline void decide(const Tables* t, const uint8_t* state, int32_t* rr, Acc* a, bint no_reads,
+                        uint8_t recirc, uint16_t* chute, uint8_t* reason, int32_t* dest) noexcept nogil:
+    """Steps 2-7 of docs/routing.md section 3, from the folded reads."""
+    cdef int r
+    cdef int32_t d = a.dest
+    cdef bint conflict = a.conflict
+    cdef uint16_t c
+    if a.any_svc:
+        d = a.svc_dest
+        conflict = a.svc_conflict
+    if no_reads:
+        r = R_NO_READ
+        d = -1
+    elif a.n_valid == 0:
+        r = R_INVALID
+        d = -1
+    elif conflict:
+        r = R_CONFLICT
+        d = -1
+    elif d < 0:
+        r = R_UNKNOWN_DESTINATION
+    else:
+        c = choose_chute(t, state, rr, d)
+        if c != 0:
+            chute[0] = c
+            reason[0] = R_SORTED
+            dest[0] = d
+            return
+        if recirc < t.recirculation_limit:
+            chute[0] = 0
+            reason[0] = R_RECIRCULATE
+            dest[0] = d
+            return
+        r = R_OVERFLOW
+    chute[0] = special_chute(t, state, r)
+    reason[0] = r
+    dest[0] = d
+
+
 cdef void route_batch(const Tables* t, const uint8_t* state, int32_t* rr,
                       const int32_t[::1] ev_off, const int32_t[::1] rd_off, const uint8_t* data,
                       const uint8_t[::1] recirc, const int64_t[::1] ts, int64_t now_ns,
                       int64_t deadline_ns, uint16_t[::1] out_chute, uint8_t[::1] out_reason,
                       int32_t[::1] out_dest, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t e, r
-    cdef Decoded d
-    cdef int reason, n_valid
-    cdef int32_t dest, svc_dest, x
-    cdef bint conflict, svc_conflict, any_svc, via
-    cdef uint16_t chute
-    for e in range(n):
-        dest = -1
-        if deadline_ns > 0 and now_ns - ts[e] > deadline_ns:
-            out_chute[e] = 0
-            out_reason[e] = R_LATE
-            out_dest[e] = -1
-            continue
-        if ev_off[e + 1] == ev_off[e]:
-            reason = R_NO_READ
-        else:
-            n_valid = 0
-            conflict = False
-            svc_conflict = False
-            any_svc = False
-            svc_dest = -1
+    cdef Decoded buf[BLOCK_READS]
+    cdef Decoded one
+    cdef Acc acc
+    cdef Py_ssize_t e = 0, e_end, ev, r, nr, k, nb
+    cdef bint late
+    while e < n:
+        # pass 1: decode the reads of up to BLOCK_EVENTS events, prefetching manifest slots
+        nb = 0
+        e_end = e
+        while e_end < n and e_end - e < BLOCK_EVENTS:
+            late = deadline_ns > 0 and now_ns - ts[e_end] > deadline_ns
+            nr = 0 if late else ev_off[e_end + 1] - ev_off[e_end]
+            if nb + nr > BLOCK_READS:
+                break
+            for r in range(ev_off[e_end], ev_off[e_end] + nr):
+                decode_read(data + rd_off[r], rd_off[r + 1] - rd_off[r], t.home_country, &buf[nb])
+                if buf[nb].error == E_OK:
+                    manifest_prefetch(t, buf[nb].item_key)
+                nb += 1
+            e_end += 1
+        if e_end == e:
+            # one event with more reads than a block holds: decode and fold one read at a time
+            acc_init(&acc)
             for r in range(ev_off[e], ev_off[e + 1]):
-                decode_read(data + rd_off[r], rd_off[r + 1] - rd_off[r], t.home_country, &d)
-                if d.error != E_OK:
-                    continue
-                n_valid += 1
-                x = resolve_read(t, &d, &via)
-                if via:
-                    if not any_svc:
-                        any_svc = True
-                        svc_dest = x
-                    elif x != svc_dest:
-                        svc_conflict = True
-                elif x >= 0:
-                    if dest < 0:
-                        dest = x
-                    elif x != dest:
-                        conflict = True
-            if any_svc:
-                dest = svc_dest
-                conflict = svc_conflict
-            if n_valid == 0:
-                reason = R_INVALID
-            elif conflict:
-                reason = R_CONFLICT
-                dest = -1
-            elif dest < 0:
-                reason = R_UNKNOWN_DESTINATION
-            else:
-                chute = choose_chute(t, state, rr, dest)
-                if chute != 0:
-                    out_chute[e] = chute
-                    out_reason[e] = R_SORTED
-                    out_dest[e] = dest
-                    continue
-                if recirc[e] < t.recirculation_limit:
-                    out_chute[e] = 0
-                    out_reason[e] = R_RECIRCULATE
-                    out_dest[e] = dest
-                    continue
-                reason = R_OVERFLOW
-        out_chute[e] = special_chute(t, state, reason)
-        out_reason[e] = reason
-        out_dest[e] = dest
-
+                decode_read(data + rd_off[r], rd_off[r + 1] - rd_off[r], t.home_country, &one)
+                acc_add(&acc, t, &one)
+            decide(t, state, rr, &acc, False, recirc[e], &out_chute[e], &out_reason[e], &out_dest[e])
+            e += 1
+            continue
+        # pass 2: resolve and decide, in event order (round robin is order-dependent)
+        k = 0
+        for ev in range(e, e_end):
+            if deadline_ns > 0 and now_ns - ts[ev] > deadline_ns:
+                out_chute[ev] = 0
+                out_reason[ev] = R_LATE
+                out_dest[ev] = -1
+                continue
+            nr = ev_off[ev + 1] - ev_off[ev]
+            acc_init(&acc)
+            for r in range(nr):
+                acc_add(&acc, t, &buf[k + r])
+            k += nr
+            decide(t, state, rr, &acc, nr == 0, recirc[ev], &out_chute[ev], &out_reason[ev],
+                   &out_dest[ev])
+        e = e_end
 
 def constants():
     """The C enums of _core.pxd, so a test can hold them equal to sorter/codes.py."""

@@ -130,8 +130,11 @@ class Router:
         self.plan = plan
         self._core = _core.CoreRouter(compile_plan(plan))
 
-    def swap_plan(self, plan: Plan) -> None:
-        compiled = compile_plan(plan)        # may raise: the running plan stays
+    def swap_plan(self, plan: Plan, compiled: _core.CompiledPlan | None = None) -> None:
+        """Route the next batch by `plan`. Pass `compiled` when the plan was already compiled
+        (e.g. in a background thread, so the line never waits for a big manifest)."""
+        if compiled is None:
+            compiled = compile_plan(plan)    # may raise: the running plan stays
         self._core.set_plan(compiled)
         self.plan = plan
 

@@ -94,3 +94,26 @@ def test_routing_invariants(data):
                 assert dest >= 0
             else:
                 assert dest == -1
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_core_agrees_across_block_boundaries(data):
+    """The core decodes reads a block of events ahead; batches longer than a block, and events
+    with more reads than a block holds, must decide exactly as the reference does."""
+    plan = data.draw(plans())
+    reads = reads_for(plan)
+    pool = data.draw(st.lists(reads, min_size=1, max_size=30))
+    n = data.draw(st.integers(33, 150))
+    picks = data.draw(st.lists(st.lists(st.integers(0, len(pool) - 1), max_size=6),
+                               min_size=n, max_size=n))
+    events = [[pool[i] for i in p] for p in picks]
+    big = data.draw(st.integers(0, n - 1))
+    events[big] = [pool[i % len(pool)] for i in range(data.draw(st.integers(120, 300)))]
+    batch = EventBatch.from_reads(events, recirculations=[i % 4 for i in range(n)],
+                                  ts_ns=[(i * 37) % 2000 for i in range(n)])
+    kw = dict(now_ns=2_000, deadline_ns=1_500)
+    got = Router(plan).route(batch, **kw).as_tuples()
+    want = ReferenceRouter(plan).route(batch, **kw).as_tuples()
+    assert got == want

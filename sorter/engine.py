@@ -1,0 +1,391 @@
+"""The engine process: scan events in over ZeroMQ, decisions out, every decision audited.
+
+One thread owns every socket and the router, so a batch is routed, audited and sent without
+locks. The loop drains what is queued (up to `batch_max` events), never waits to fill a batch,
+and applies PLC feedback and control requests between batches: chute states and plan swaps
+take effect at batch boundaries. Write-before-send: a decision reaches the audit file (the OS)
+before it reaches the PLC socket. docs/engine.md describes sockets, settings and behaviour.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import zmq
+
+from . import wire
+from .audit import AuditWriter, recover
+from .codes import CHUTE_STATES, REASONS
+from .config import EngineConfig
+from .events import concat_batches
+from .metrics import EngineMetrics
+from .plan import Plan, PlanError, load_plan, summary
+from .router import Router, compile_plan
+
+log = logging.getLogger("sorter.engine")
+
+OUTCOMES = ("sorted", "failed_divert", "lost")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, event, and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 6), "level": record.levelname.lower(),
+                 "event": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("sorter")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _log(level: int, event: str, **fields) -> None:
+    log.log(level, event, extra={"fields": fields})
+
+
+class Engine:
+    """Bind, then `serve()` until a stop request (control `stop`, SIGTERM, SIGINT)."""
+
+    def __init__(self, config: EngineConfig, plan: Plan | None = None):
+        self.config = config
+        self.plan = plan if plan is not None else load_plan(config.plan)
+        self.router = Router(self.plan)
+        self.metrics = EngineMetrics()
+        self.decision_seq = 0                 # last decision sequence number given out
+        self.batch_seq = 0                    # decision messages sent
+        self.started = time.time()
+        self.endpoints: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._names = self._destination_names(self.plan)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-loader")
+        self._pending_load: Future | None = None
+        self._ctx: zmq.Context | None = None
+        self.audit: AuditWriter | None = None
+        self._metrics_server = None
+        self._last_heartbeat = 0.0
+
+    # -- setup and teardown -----------------------------------------------------------------
+    def bind(self) -> dict[str, str]:
+        """Open the audit and bind every socket; returns the actual endpoints."""
+        c = self.config
+        recovered = recover(c.audit_dir)
+        if recovered:
+            _log(logging.WARNING, "audit recovered", files=[str(p) for p in recovered])
+        self.audit = AuditWriter(c.audit_dir, rotate_bytes=int(c.rotate_mb * 1024 * 1024),
+                                 rotate_seconds=c.rotate_s, fsync_interval_s=c.fsync_interval_s)
+        self._ctx = zmq.Context()
+        self.scans = self._socket(zmq.PULL, c.scans, "scans", rcvhwm=c.rcvhwm)
+        self.decisions = self._socket(zmq.PUSH, c.decisions, "decisions", sndhwm=c.sndhwm)
+        self.feedback = self._socket(zmq.PULL, c.feedback, "feedback", rcvhwm=c.rcvhwm)
+        self.control = self._socket(zmq.REP, c.control, "control")
+        self.poller = zmq.Poller()
+        for s in (self.scans, self.feedback, self.control):
+            self.poller.register(s, zmq.POLLIN)
+        if c.metrics:
+            self.endpoints["metrics"] = self._start_metrics(c.metrics)
+        return self.endpoints
+
+    def _socket(self, kind: int, endpoint: str, name: str, *, rcvhwm: int = 0,
+                sndhwm: int = 0) -> zmq.Socket:
+        s = self._ctx.socket(kind)
+        if rcvhwm:
+            s.setsockopt(zmq.RCVHWM, rcvhwm)
+        if sndhwm:
+            s.setsockopt(zmq.SNDHWM, sndhwm)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
+        s.bind(endpoint)
+        self.endpoints[name] = s.getsockopt_string(zmq.LAST_ENDPOINT)
+        return s
+
+    def _start_metrics(self, address: str) -> str:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from .metrics import GaugeCollector
+
+        registry = CollectorRegistry()
+        registry.register(self.metrics)
+        registry.register(GaugeCollector({
+            "sorter_decision_seq": ("Last decision sequence number", lambda: self.decision_seq),
+            "sorter_chutes_unavailable": (
+                "Chutes disabled or full", lambda: int((self.router._core.chute_states() != 0).sum())),
+        }))
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+        self._metrics_server = server
+        return f"http://{host or '127.0.0.1'}:{server.server_port}/metrics"
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def close(self) -> None:
+        """Drain what is already queued, close the audit, close sockets, terminate."""
+        if self._ctx is None:
+            return
+        while self._route_queued():
+            pass
+        self.audit.close()
+        self.decisions.setsockopt(zmq.LINGER, self.config.linger_ms)
+        for s in (self.scans, self.feedback, self.control, self.decisions):
+            s.close()
+        self._ctx.term()
+        self._ctx = None
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        _log(logging.INFO, "shutdown", decision_seq=self.decision_seq, **self.metrics.snapshot())
+
+    # -- the loop ---------------------------------------------------------------------------
+    def serve(self) -> None:
+        _log(logging.INFO, "ready", endpoints=self.endpoints, plan=self.plan.name,
+             plan_version=self.plan.version, audit_dir=self.config.audit_dir,
+             config=asdict(self.config))
+        try:
+            while not self._stop.is_set():
+                self.step(self.config.poll_ms)
+        finally:
+            self.close()
+
+    def step(self, timeout_ms: int) -> None:
+        """One turn: feedback, then control, then scans, then timers."""
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.feedback in ready:
+            self._drain_feedback()
+        if self.control in ready:
+            self._handle_control()
+        self._finish_plan_load()
+        if self.scans in ready:
+            self._route_queued()
+        self.audit.maybe_fsync()
+        now = time.monotonic()
+        if now - self._last_heartbeat >= 1.0:
+            self._last_heartbeat = now
+            try:
+                self.decisions.send(wire.encode_heartbeat(), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def _route_queued(self) -> int:
+        """Drain up to batch_max queued events, route them, audit, send. Returns events."""
+        batches, seqs, recv_ns, n = [], [], [], 0
+        while n < self.config.batch_max:
+            try:
+                frame = self.scans.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            now = time.time_ns()
+            self.metrics.messages += 1
+            try:
+                header = wire.peek_header(frame)
+                if header.kind == wire.KIND_HEARTBEAT:
+                    continue
+                if header.kind != wire.KIND_SCAN:
+                    raise wire.WireError("unexpected_kind",
+                                         f"kind {header.kind} is not a scan message", 3)
+                scan = wire.decode_scan(frame)
+            except wire.WireError as e:
+                self._malformed(frame, e, now)
+                continue
+            batches.append(scan.events)
+            seqs.append(scan.seq)
+            recv_ns.append(np.full(len(scan.events), now, np.int64))
+            n += len(scan.events)
+        if n == 0:
+            return 0
+        self._decide(concat_batches(batches), np.concatenate(seqs), np.concatenate(recv_ns))
+        return n
+
+    def _decide(self, batch, seq: np.ndarray, recv_ns: np.ndarray) -> None:
+        n = len(batch)
+        router = self.router                      # one plan for the whole batch
+        plan = router.plan
+        now = time.time_ns()
+        deadline_ns = int(self.config.deadline_ms * 1e6)
+        decisions = router.route(batch, now_ns=now, deadline_ns=deadline_ns)
+        decision_seq = np.arange(self.decision_seq + 1, self.decision_seq + 1 + n, dtype=np.uint64)
+        self.decision_seq += n
+        dest = decisions.destination
+        names = self._names.take(pa.array(np.where(dest < 0, len(self._names) - 1, dest)))
+        latency = now - batch.ts_ns
+        self.audit.write_decisions(batch, seq, decisions, decision_seq, names, plan.version,
+                                   now, latency)
+        self.batch_seq = (self.batch_seq + 1) & 0xFFFFFFFF
+        message = wire.encode_decisions(plan.version, batch.parcel_ids, seq, decision_seq,
+                                        decisions.chute, decisions.reason, batch.scanner_ids,
+                                        batch_seq=self.batch_seq)
+        try:
+            self.decisions.send(message, zmq.NOBLOCK)
+        except zmq.Again:
+            self.metrics.decisions_undelivered += n
+            if self.metrics.decisions_undelivered == n:
+                _log(logging.WARNING, "decisions undelivered: PLC side absent or slow",
+                     events=n, decision_seq=int(decision_seq[-1]))
+        sent = time.time_ns()
+        with self.metrics.lock:
+            m = self.metrics
+            m.events += n
+            m.batches += 1
+            m.decisions_by_reason += np.bincount(decisions.reason, minlength=len(REASONS))
+            m.scan_to_decision.observe_ns(sent - batch.ts_ns)
+            m.engine_latency.observe_ns(sent - recv_ns)
+
+    def _malformed(self, frame: bytes, error: wire.WireError, now_ns: int) -> None:
+        with self.metrics.lock:
+            self.metrics.malformed += 1
+            by = self.metrics.malformed_by_error
+            by[error.code] = by.get(error.code, 0) + 1
+        self.audit.write_malformed(frame, f"{error.code}: {error}", 0, now_ns)
+        if self.metrics.malformed <= 10 or self.metrics.malformed % 1000 == 0:
+            _log(logging.WARNING, "malformed message", error=error.code, detail=str(error),
+                 bytes=len(frame), count=self.metrics.malformed)
+
+    # -- PLC feedback -----------------------------------------------------------------------
+    def _drain_feedback(self) -> None:
+        while True:
+            try:
+                frame = self.feedback.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.metrics.feedback_messages += 1
+            try:
+                header = wire.peek_header(frame)
+                if header.kind == wire.KIND_CHUTE_STATUS:
+                    status = wire.decode_chute_status(frame)
+                    for chute, state in zip(status.chute.tolist(), status.state.tolist()):
+                        self.router.set_chute_state(chute, state)
+                    self.metrics.chute_status_updates += len(status.chute)
+                elif header.kind == wire.KIND_SORT_CONFIRM:
+                    confirm = wire.decode_sort_confirm(frame)
+                    counts = np.bincount(confirm.outcome, minlength=len(OUTCOMES))
+                    for name, count in zip(OUTCOMES, counts.tolist()):
+                        self.metrics.confirmations[name] += count
+                elif header.kind != wire.KIND_HEARTBEAT:
+                    raise wire.WireError("unexpected_kind",
+                                         f"kind {header.kind} is not PLC feedback", 3)
+            except (wire.WireError, ValueError) as e:
+                err = e if isinstance(e, wire.WireError) else wire.WireError("bad_record", str(e), 0)
+                self._malformed(frame, err, time.time_ns())
+
+    # -- control ------------------------------------------------------------------------------
+    def _handle_control(self) -> None:
+        frame = self.control.recv()
+        try:
+            request = json.loads(frame)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            cmd = request.get("cmd")
+            if cmd == "load_plan" and self._pending_load is None:
+                path = request.get("path")
+                self._pending_load = self._loader.submit(self._load_plan, path)
+                return                           # the reply goes out when the load finishes
+            reply = self._command(cmd, request)
+        except (ValueError, KeyError, TypeError) as e:
+            reply = {"ok": False, "error": str(e)}
+        self.control.send(json.dumps(reply, default=str).encode())
+
+    def _command(self, cmd: str | None, request: dict) -> dict:
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "set_chute":
+            chute, state = int(request["chute"]), request["state"]
+            if state not in CHUTE_STATES:
+                raise ValueError(f"state must be one of {', '.join(CHUTE_STATES)}")
+            self.router.set_chute_state(chute, state)
+            _log(logging.INFO, "chute state", chute=chute, state=state, source="control")
+            return {"ok": True, "chute": chute, "state": state}
+        if cmd == "stop":
+            _log(logging.INFO, "stop requested", source="control")
+            self.request_stop()
+            return {"ok": True, "stopping": True}
+        if cmd == "load_plan":
+            raise ValueError("a plan load is already in progress")
+        raise ValueError(f"unknown cmd {cmd!r} (status, load_plan, set_chute, stop)")
+
+    def status(self) -> dict:
+        states = self.router._core.chute_states()
+        unavailable = {int(c): CHUTE_STATES[s] for c, s in zip(np.nonzero(states)[0], states[states != 0])}
+        return {
+            "plan": summary(self.plan),
+            "decision_seq": self.decision_seq,
+            "uptime_s": round(time.time() - self.started, 3),
+            "endpoints": self.endpoints,
+            "chutes_unavailable": unavailable,
+            "counters": self.metrics.snapshot(),
+        }
+
+    @staticmethod
+    def _load_plan(path: str | None):
+        """Runs in the loader thread: validate and compile, never touching the live router."""
+        plan = load_plan(path)
+        return plan, compile_plan(plan)
+
+    def _finish_plan_load(self) -> None:
+        future = self._pending_load
+        if future is None or not future.done():
+            return
+        self._pending_load = None
+        try:
+            plan, compiled = future.result()
+        except PlanError as e:
+            self.metrics.plan_load_failures += 1
+            reply = {"ok": False, "error": "plan refused; the running plan stays",
+                     "problems": [p.to_dict() for p in e.problems]}
+            _log(logging.WARNING, "plan refused", problems=[str(p) for p in e.problems])
+        except Exception as e:      # noqa: BLE001 - any failure keeps the running plan
+            self.metrics.plan_load_failures += 1
+            reply = {"ok": False, "error": f"plan refused; the running plan stays: {e}"}
+            _log(logging.WARNING, "plan refused", error=str(e))
+        else:
+            self.router.swap_plan(plan, compiled)     # between batches: atomic
+            self.plan = plan
+            self._names = self._destination_names(plan)
+            self.metrics.plan_loads += 1
+            reply = {"ok": True, "plan": summary(plan)}
+            _log(logging.INFO, "plan loaded", plan=plan.name, plan_version=plan.version,
+                 source=plan.source)
+        self.control.send(json.dumps(reply, default=str).encode())
+
+    @staticmethod
+    def _destination_names(plan: Plan) -> pa.Array:
+        """Destination names by id, with a trailing null for 'no destination' (-1)."""
+        return pa.array([d.name for d in plan.destinations] + [None], pa.string())
+
+
+def run(config: EngineConfig) -> int:
+    """`sorter run`: bind, serve until stopped, exit 0 after a clean drain."""
+    setup_logging(config.log_level)
+    try:
+        engine = Engine(config)
+    except PlanError as e:
+        for p in e.problems:
+            _log(logging.ERROR, "plan problem", problem=str(p))
+        return 1
+    engine.install_signal_handlers()
+    try:
+        engine.bind()
+    except zmq.ZMQError as e:
+        _log(logging.ERROR, "cannot bind", error=str(e), endpoints=engine.endpoints)
+        engine.audit and engine.audit.close()
+        return 1
+    _log(logging.INFO, "plan loaded", plan=engine.plan.name, plan_version=engine.plan.version,
+         source=engine.plan.source)
+    engine.serve()
+    return 0

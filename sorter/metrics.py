@@ -1,0 +1,128 @@
+"""Engine counters and latency histograms, exported for Prometheus.
+
+Histograms are filled per batch with numpy (one searchsorted + bincount per batch), not per
+event: prometheus_client's observe() costs about a microsecond, too much at line rate. A custom
+collector exposes the bucket counts as ordinary Prometheus histograms.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .codes import REASONS
+
+# Bucket upper bounds in seconds: 50 us .. 10 s.
+LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,
+                   1.0, 2.0, 5.0, 10.0)
+
+
+class BatchHistogram:
+    """A histogram filled from a numpy array of nanosecond values at a time."""
+
+    def __init__(self, name: str, doc: str, buckets=LATENCY_BUCKETS):
+        self.name, self.doc = name, doc
+        self.bounds_s = np.array(buckets, float)
+        self._bounds_ns = (self.bounds_s * 1e9).astype(np.int64)
+        self.counts = np.zeros(len(buckets) + 1, np.int64)     # last: +Inf
+        self.sum_s = 0.0
+        self.raw_max_ns = 0
+
+    def observe_ns(self, values_ns: np.ndarray) -> None:
+        if len(values_ns) == 0:
+            return
+        idx = np.searchsorted(self._bounds_ns, values_ns, side="left")
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        self.sum_s += float(values_ns.sum()) / 1e9
+        self.raw_max_ns = max(self.raw_max_ns, int(values_ns.max()))
+
+    def quantile_s(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile q (coarse; for status, not for SLOs)."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.counts), q * total, side="left"))
+        return float(self.bounds_s[i]) if i < len(self.bounds_s) else self.raw_max_ns / 1e9
+
+    def family(self) -> HistogramMetricFamily:
+        cum = np.cumsum(self.counts)
+        buckets = [(repr(float(b)), int(c)) for b, c in zip(self.bounds_s, cum[:-1])]
+        buckets.append(("+Inf", int(cum[-1])))
+        return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum_s)
+
+
+class EngineMetrics:
+    """Everything the engine counts. Plain attributes updated by the engine's one thread; the
+    Prometheus HTTP thread reads them under a lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.decisions_by_reason = np.zeros(len(REASONS), np.int64)
+        self.events = 0
+        self.messages = 0
+        self.batches = 0
+        self.malformed = 0
+        self.malformed_by_error: dict[str, int] = {}
+        self.decisions_undelivered = 0         # PLC side absent or slow: audited, not sent
+        self.feedback_messages = 0
+        self.chute_status_updates = 0
+        self.confirmations: dict[str, int] = {"sorted": 0, "failed_divert": 0, "lost": 0}
+        self.plan_loads = 0
+        self.plan_load_failures = 0
+        self.scan_to_decision = BatchHistogram(
+            "sorter_scan_to_decision_seconds", "Scan time to decision sent, per event")
+        self.engine_latency = BatchHistogram(
+            "sorter_engine_latency_seconds", "Message received to decision sent, per event")
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {
+                "events": self.events, "messages": self.messages, "batches": self.batches,
+                "decisions": {r: int(n) for r, n in zip(REASONS, self.decisions_by_reason)},
+                "malformed": self.malformed, "malformed_by_error": dict(self.malformed_by_error),
+                "decisions_undelivered": self.decisions_undelivered,
+                "feedback_messages": self.feedback_messages,
+                "chute_status_updates": self.chute_status_updates,
+                "confirmations": dict(self.confirmations),
+                "plan_loads": self.plan_loads, "plan_load_failures": self.plan_load_failures,
+                "scan_to_decision_p50_s": self.scan_to_decision.quantile_s(0.5),
+                "scan_to_decision_p99_s": self.scan_to_decision.quantile_s(0.99),
+            }
+
+    # prometheus_client collector protocol
+    def collect(self):
+        with self.lock:
+            c = CounterMetricFamily("sorter_decisions", "Decisions by reason", labels=["reason"])
+            for r, n in zip(REASONS, self.decisions_by_reason):
+                c.add_metric([r], int(n))
+            yield c
+            for name, doc, value in (
+                    ("sorter_events", "Scan events received", self.events),
+                    ("sorter_messages", "Scan messages received", self.messages),
+                    ("sorter_batches", "Core batches routed", self.batches),
+                    ("sorter_malformed_messages", "Malformed messages, audited", self.malformed),
+                    ("sorter_decisions_undelivered", "Decisions audited but not sent (PLC side "
+                     "absent or slow)", self.decisions_undelivered),
+                    ("sorter_feedback_messages", "PLC feedback messages", self.feedback_messages),
+                    ("sorter_plan_loads", "Plans loaded", self.plan_loads),
+                    ("sorter_plan_load_failures", "Plans refused", self.plan_load_failures)):
+                yield CounterMetricFamily(name, doc, value=value)
+            conf = CounterMetricFamily("sorter_sort_confirmations", "PLC sort confirmations",
+                                       labels=["outcome"])
+            for outcome, n in self.confirmations.items():
+                conf.add_metric([outcome], n)
+            yield conf
+            yield self.scan_to_decision.family()
+            yield self.engine_latency.family()
+
+
+class GaugeCollector:
+    """Gauges read from callables at scrape time (plan version, chutes unavailable)."""
+
+    def __init__(self, gauges: dict[str, tuple[str, callable]]):
+        self.gauges = gauges
+
+    def collect(self):
+        for name, (doc, fn) in self.gauges.items():
+            yield GaugeMetricFamily(name, doc, value=fn())
