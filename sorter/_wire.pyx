@@ -1,2 +1,767 @@
-# cython: language_level=3
-"""Placeholder: the wire protocol parser is being written (see sorter/wire.py)."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled half of the wire protocol (docs/protocol.md): validate and parse whole messages
+into numpy columns, and encode columns into messages.
+
+This module faces the network. Every parser takes a pointer and the exact length of the frame
+and checks every length it reads against the bytes that remain *before* touching them: no input,
+however short, long or hostile, reads outside the frame or writes outside the arrays it
+allocated. Parsers run without the GIL over raw pointers; they never raise, they return an error
+code and the byte offset of the offending field, and the `def` wrappers raise `WireError`.
+
+Loads and stores assemble little-endian values byte by byte (no unaligned access, any host byte
+order); the compiler turns them into plain moves on x86 and ARM.
+
+`sorter.wire` is the documented API; call these functions through it.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+from sorter.codes import REASONS as _REASONS, CHUTE_STATES as _CHUTE_STATES
+
+cnp.import_array()
+
+
+cdef enum:
+    HEADER_SIZE = 16
+    SCAN_FIXED = 28
+    DECISION_RECORD = 32
+    CHUTE_RECORD = 4
+    CONFIRM_RECORD = 16
+    VERSION = 1
+    K_SCAN = 1
+    K_DECISION = 2
+    K_CHUTE_STATUS = 3
+    K_SORT_CONFIRM = 4
+    K_HEARTBEAT = 5
+    N_OUTCOMES = 3
+    MAX_FRAME_CAP = 0x7fffffff          # int32 offsets into one frame's bytes stay exact
+
+
+cdef enum:
+    OK = 0
+    E_BAD_MAGIC = 1
+    E_UNKNOWN_VERSION = 2
+    E_UNKNOWN_KIND = 3
+    E_TRUNCATED = 4
+    E_OVERSIZED = 5
+    E_TOO_MANY_RECORDS = 6
+    E_LENGTH_MISMATCH = 7
+    E_UNEXPECTED_KIND = 8
+    E_BAD_RECORD = 9
+    E_TOO_MANY_READS = 10
+    E_READ_TOO_LONG = 11
+
+
+# Stable names of the error codes above (index = code); sorter.wire.ERROR_CODES repeats them.
+ERROR_NAMES = (None, "bad_magic", "unknown_version", "unknown_kind", "truncated", "oversized",
+               "too_many_records", "length_mismatch", "unexpected_kind", "bad_record",
+               "too_many_reads", "read_too_long")
+
+cdef int N_REASONS = len(_REASONS)
+cdef int N_CHUTE_STATES = len(_CHUTE_STATES)
+cdef uint8_t EMPTY[1]                    # a valid base pointer for empty buffers
+
+
+class WireError(ValueError):
+    """A message that is not a valid wire message (or columns that cannot be encoded as one).
+
+    `code` is a short stable name (`sorter.wire.ERROR_CODES`), `offset` the byte offset in the
+    message of the field found wrong (None when encoding). The message is rejected whole.
+    """
+
+    def __init__(self, code, offset=None, detail=""):
+        self.code = code
+        self.offset = offset
+        self.detail = detail
+        text = code if offset is None else f"{code} at byte {offset}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+    def __reduce__(self):
+        return (type(self), (self.code, self.offset, self.detail))
+
+
+cdef inline object _fail(int code, Py_ssize_t offset, str detail=""):
+    return WireError(ERROR_NAMES[code], offset, detail)
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns: fresh arrays and raw pointers through the NumPy C API (no memoryview acquisition,
+# no Python call per array: what a one-event message costs is mostly this bookkeeping).
+
+cdef inline cnp.ndarray _empty(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, typenum, 0)
+
+
+cdef object _DTYPES = {cnp.NPY_UINT8: np.dtype(np.uint8), cnp.NPY_UINT16: np.dtype(np.uint16),
+                       cnp.NPY_INT32: np.dtype(np.int32), cnp.NPY_INT64: np.dtype(np.int64),
+                       cnp.NPY_UINT64: np.dtype(np.uint64)}
+
+
+cdef cnp.ndarray _as(object values, int typenum, str name):
+    """values as a 1-d, aligned, native-order, contiguous array of typenum: the array itself
+    when it already is one, else a checked conversion (integers out of range are a WireError,
+    never wrapped)."""
+    cdef cnp.ndarray a
+    if isinstance(values, cnp.ndarray):
+        a = <cnp.ndarray>values
+        if cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1 \
+                and cnp.PyArray_ISCARRAY_RO(a):
+            return a
+    dtype = _DTYPES[typenum]
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise WireError("bad_record", None, f"{name} must be one-dimensional")
+    if arr.size == 0:
+        return _empty(0, typenum)
+    if arr.dtype.kind in "fO" and not isinstance(values, cnp.ndarray):
+        # A sequence of Python ints beyond int64 becomes float64 or object: check each value.
+        vals = np.asarray(values, dtype=object).tolist()
+        if not all(isinstance(v, (int, np.integer)) for v in vals):
+            raise WireError("bad_record", None, f"{name} must hold integers")
+        info = np.iinfo(dtype)
+        if min(vals) < info.min or max(vals) > info.max:
+            raise WireError("bad_record", None, f"{name} out of range for {dtype.name}")
+        return <cnp.ndarray>np.array([int(v) for v in vals], dtype)
+    if arr.dtype.kind not in "iub":
+        raise WireError("bad_record", None, f"{name} must hold integers, got {arr.dtype}")
+    info = np.iinfo(dtype)
+    if arr.dtype.kind != "b" and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+        raise WireError("bad_record", None, f"{name} out of range for {dtype.name}")
+    return <cnp.ndarray>np.ascontiguousarray(arr, dtype)
+
+
+cdef inline void* _p(cnp.ndarray a) noexcept:
+    return cnp.PyArray_DATA(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Little-endian loads and stores
+
+cdef inline uint16_t ld16(const uint8_t* p) noexcept nogil:
+    return <uint16_t>(<uint16_t>p[0] | (<uint16_t>p[1] << 8))
+
+cdef inline uint32_t ld32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+cdef inline uint64_t ld64(const uint8_t* p) noexcept nogil:
+    return (<uint64_t>ld32(p)) | ((<uint64_t>ld32(p + 4)) << 32)
+
+cdef inline void st16(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+
+cdef inline void st32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+    p[2] = <uint8_t>(v >> 16)
+    p[3] = <uint8_t>(v >> 24)
+
+cdef inline void st64(uint8_t* p, uint64_t v) noexcept nogil:
+    st32(p, <uint32_t>v)
+    st32(p + 4, <uint32_t>(v >> 32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Header
+
+cdef struct Header:
+    uint8_t version
+    uint8_t kind
+    uint32_t count
+    uint32_t body_len
+    uint32_t batch_seq
+
+
+cdef struct Limits:
+    Py_ssize_t max_frame
+    Py_ssize_t max_records
+    int max_reads
+    int max_read_len
+
+
+cdef int check_prefix(const uint8_t* p, Py_ssize_t n, Header* h, Py_ssize_t* off) noexcept nogil:
+    """Magic, version and kind on the bytes that exist, then the rest of the header: a short
+    frame of garbage is `bad_magic`, a short frame that starts right is `truncated`."""
+    if n >= 1 and p[0] != 0x50:
+        off[0] = 0
+        return E_BAD_MAGIC
+    if n >= 2 and p[1] != 0x53:
+        off[0] = 1
+        return E_BAD_MAGIC
+    if n >= 3 and p[2] != VERSION:
+        off[0] = 2
+        return E_UNKNOWN_VERSION
+    if n >= 4 and (p[3] < K_SCAN or p[3] > K_HEARTBEAT):
+        off[0] = 3
+        return E_UNKNOWN_KIND
+    if n < HEADER_SIZE:
+        off[0] = n
+        return E_TRUNCATED
+    h.version = p[2]
+    h.kind = p[3]
+    h.count = ld32(p + 4)
+    h.body_len = ld32(p + 8)
+    h.batch_seq = ld32(p + 12)
+    return OK
+
+
+cdef int check_header(const uint8_t* p, Py_ssize_t n, const Limits* lim, Header* h,
+                      Py_ssize_t* off) noexcept nogil:
+    """Validate the header and the frame length against it (docs/protocol.md, "Validation",
+    checks 1-9)."""
+    cdef int e = check_prefix(p, n, h, off)
+    if e != OK:
+        return e
+    if n > lim.max_frame:
+        off[0] = lim.max_frame
+        return E_OVERSIZED
+    if <Py_ssize_t>h.body_len > lim.max_frame - HEADER_SIZE:
+        off[0] = 8
+        return E_OVERSIZED
+    if <Py_ssize_t>h.count > lim.max_records:
+        off[0] = 4
+        return E_TOO_MANY_RECORDS
+    if n < HEADER_SIZE + <Py_ssize_t>h.body_len:
+        off[0] = n
+        return E_TRUNCATED
+    if n > HEADER_SIZE + <Py_ssize_t>h.body_len:
+        off[0] = HEADER_SIZE + <Py_ssize_t>h.body_len
+        return E_LENGTH_MISMATCH
+    return OK
+
+
+cdef inline void put_header(uint8_t* q, uint8_t kind, uint32_t count, uint32_t body_len,
+                            uint32_t batch_seq) noexcept nogil:
+    q[0] = 0x50
+    q[1] = 0x53
+    q[2] = VERSION
+    q[3] = kind
+    st32(q + 4, count)
+    st32(q + 8, body_len)
+    st32(q + 12, batch_seq)
+
+
+cdef inline const uint8_t* _ptr(const uint8_t[::1] buf) noexcept:
+    """The first byte of buf, or a valid dummy address when buf is empty."""
+    if buf.shape[0] > 0:
+        return &buf[0]
+    return EMPTY
+
+
+cdef Limits _limits(Py_ssize_t max_frame, Py_ssize_t max_records, int max_reads, int max_read_len):
+    cdef Limits lim
+    lim.max_frame = max(HEADER_SIZE, min(max_frame, <Py_ssize_t>MAX_FRAME_CAP))
+    lim.max_records = max(0, min(max_records, <Py_ssize_t>0xffffffff))
+    lim.max_reads = max(0, min(max_reads, 255))
+    lim.max_read_len = max(0, min(max_read_len, 65535))
+    return lim
+
+
+cdef tuple _header_tuple(const Header* h):
+    return (h.version, h.kind, h.count, h.body_len, h.batch_seq)
+
+
+cdef Header _open(const uint8_t[::1] buf, const Limits* lim, int expect) except *:
+    """Check the header and frame length; with expect > 0, also that the kind is `expect`."""
+    cdef Header h
+    cdef Py_ssize_t off = 0
+    cdef int e = check_header(_ptr(buf), buf.shape[0], lim, &h, &off)
+    if e != OK:
+        raise _fail(e, off)
+    if expect > 0 and h.kind != expect:
+        raise _fail(E_UNEXPECTED_KIND, 3, f"kind {h.kind}, expected {expect}")
+    return h
+
+
+def header(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records, bint check_frame):
+    """(version, kind, count, body_len, batch_seq). With check_frame false, only the header
+    itself is checked (magic, version, kind, 16 bytes present): peeking without the body."""
+    cdef Header h
+    cdef Py_ssize_t off = 0
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef int e
+    if check_frame:
+        h = _open(buf, &lim, 0)
+    else:
+        e = check_prefix(_ptr(buf), buf.shape[0], &h, &off)
+        if e != OK:
+            raise _fail(e, off)
+    return _header_tuple(&h)
+
+
+def heartbeat(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef Header h = _open(buf, &lim, K_HEARTBEAT)
+    if h.count != 0:
+        raise _fail(E_LENGTH_MISMATCH, 4, "a HEARTBEAT has count 0")
+    if h.body_len != 0:
+        raise _fail(E_LENGTH_MISMATCH, 8, "a HEARTBEAT has no body")
+    return _header_tuple(&h)
+
+
+# ---------------------------------------------------------------------------------------------
+# SCAN
+
+cdef int parse_scan(const uint8_t* p, Py_ssize_t end, Py_ssize_t n, const Limits* lim,
+                    uint64_t* pid, uint64_t* seq, int64_t* ts, uint16_t* sc, uint8_t* rc,
+                    int32_t* eo, int32_t* ro, Py_ssize_t ro_cap, uint8_t* data,
+                    Py_ssize_t data_cap, Py_ssize_t* off, Py_ssize_t* n_reads,
+                    Py_ssize_t* n_data) noexcept nogil:
+    """Parse n SCAN records from p[16:end] into the columns, in one pass.
+
+    The caller checked end - 16 >= 28 * n. While parsing event i, the fixed parts of the events
+    after it stay reserved (`limit`), so at every point 28 * n + 2 * reads + bytes <= body_len:
+    `ro` needs (body_len - 28 n) / 2 + 1 entries and `data` body_len - 28 n bytes; the capacity
+    checks below restate that bound and cannot fire on a correct build.
+    """
+    cdef Py_ssize_t pos = HEADER_SIZE, limit, i, k, nr = 0, nd = 0
+    cdef Py_ssize_t m, length
+    eo[0] = 0
+    ro[0] = 0
+    for i in range(n):
+        limit = end - SCAN_FIXED * (n - 1 - i)
+        if limit - pos < SCAN_FIXED:
+            off[0] = pos
+            return E_LENGTH_MISMATCH
+        pid[i] = ld64(p + pos)
+        seq[i] = ld64(p + pos + 8)
+        ts[i] = <int64_t>ld64(p + pos + 16)
+        sc[i] = ld16(p + pos + 24)
+        rc[i] = p[pos + 26]
+        m = p[pos + 27]
+        if m > lim.max_reads:
+            off[0] = pos + 27
+            return E_TOO_MANY_READS
+        pos += SCAN_FIXED
+        for k in range(m):
+            if limit - pos < 2:
+                off[0] = pos
+                return E_LENGTH_MISMATCH
+            length = ld16(p + pos)
+            if length > lim.max_read_len:
+                off[0] = pos
+                return E_READ_TOO_LONG
+            pos += 2
+            if limit - pos < length or nr + 1 >= ro_cap or data_cap - nd < length:
+                off[0] = pos - 2
+                return E_LENGTH_MISMATCH
+            if length:
+                memcpy(data + nd, p + pos, <size_t>length)
+            pos += length
+            nd += length
+            nr += 1
+            ro[nr] = <int32_t>nd
+        eo[i + 1] = <int32_t>nr
+    if pos != end:
+        off[0] = pos
+        return E_LENGTH_MISMATCH
+    n_reads[0] = nr
+    n_data[0] = nd
+    return OK
+
+
+def decode_scan(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records,
+                int max_reads, int max_read_len):
+    """-> (header tuple, parcel_ids, seq, ts_ns, scanner_ids, recirculations, event_offsets,
+    read_offsets, data): fresh arrays (the last two are views of fresh arrays, trimmed)."""
+    cdef Limits lim = _limits(max_frame, max_records, max_reads, max_read_len)
+    cdef Header h = _open(buf, &lim, K_SCAN)
+    cdef Py_ssize_t n = h.count, body = h.body_len, off = 0, nr = 0, nd = 0, spare
+    cdef int e
+    if SCAN_FIXED * n > body:
+        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} SCAN records need at least {SCAN_FIXED * n} bytes, body_len is {body}")
+    spare = body - SCAN_FIXED * n
+    cdef cnp.ndarray pid = _empty(n, cnp.NPY_UINT64), seq = _empty(n, cnp.NPY_UINT64)
+    cdef cnp.ndarray ts = _empty(n, cnp.NPY_INT64), sc = _empty(n, cnp.NPY_UINT16)
+    cdef cnp.ndarray rc = _empty(n, cnp.NPY_UINT8), eo = _empty(n + 1, cnp.NPY_INT32)
+    cdef cnp.ndarray ro = _empty(spare // 2 + 1, cnp.NPY_INT32), data = _empty(spare, cnp.NPY_UINT8)
+    cdef const uint8_t* p = _ptr(buf)
+    cdef uint64_t* ppid = <uint64_t*>_p(pid)
+    cdef uint64_t* pseq = <uint64_t*>_p(seq)
+    cdef int64_t* pts = <int64_t*>_p(ts)
+    cdef uint16_t* psc = <uint16_t*>_p(sc)
+    cdef uint8_t* prc = <uint8_t*>_p(rc)
+    cdef int32_t* peo = <int32_t*>_p(eo)
+    cdef int32_t* pro = <int32_t*>_p(ro)
+    cdef uint8_t* pdata = <uint8_t*>_p(data)
+    with nogil:
+        e = parse_scan(p, HEADER_SIZE + body, n, &lim, ppid, pseq, pts, psc, prc, peo, pro,
+                       spare // 2 + 1, pdata, spare, &off, &nr, &nd)
+    if e != OK:
+        raise _fail(e, off)
+    if nr + 1 < spare // 2 + 1:
+        ro = ro[:nr + 1]
+    if nd < spare:
+        data = data[:nd]
+    return (_header_tuple(&h), pid, seq, ts, sc, rc, eo, ro, data)
+
+
+cdef int size_scan(Py_ssize_t n, const int32_t* eo, const int32_t* ro, Py_ssize_t n_ro,
+                   Py_ssize_t n_data, const Limits* lim, Py_ssize_t* total,
+                   Py_ssize_t* where) noexcept nogil:
+    """Check the batch's offsets and the per-read limits; the message size in `total`."""
+    cdef Py_ssize_t i, r, a, b, s, t, size = HEADER_SIZE
+    for i in range(n):
+        a = eo[i]
+        b = eo[i + 1]
+        where[0] = i
+        if a < 0 or b < a or (b > a and b >= n_ro):
+            return E_BAD_RECORD
+        if b - a > lim.max_reads:
+            return E_TOO_MANY_READS
+        size += SCAN_FIXED
+        for r in range(a, b):
+            s = ro[r]
+            t = ro[r + 1]
+            if s < 0 or t < s or t > n_data:
+                return E_BAD_RECORD
+            if t - s > lim.max_read_len:
+                return E_READ_TOO_LONG
+            size += 2 + t - s
+        if size > lim.max_frame:
+            return E_OVERSIZED
+    total[0] = size
+    return OK
+
+
+cdef void write_scan(uint8_t* q, Py_ssize_t n, const uint64_t* pid, const uint64_t* seq,
+                     const int64_t* ts, const uint16_t* sc, const uint8_t* rc,
+                     const int32_t* eo, const int32_t* ro, const uint8_t* data) noexcept nogil:
+    cdef Py_ssize_t i, r, pos = HEADER_SIZE, length
+    for i in range(n):
+        st64(q + pos, pid[i])
+        st64(q + pos + 8, seq[i])
+        st64(q + pos + 16, <uint64_t>ts[i])
+        st16(q + pos + 24, sc[i])
+        q[pos + 26] = rc[i]
+        q[pos + 27] = <uint8_t>(eo[i + 1] - eo[i])
+        pos += SCAN_FIXED
+        for r in range(eo[i], eo[i + 1]):
+            length = ro[r + 1] - ro[r]
+            st16(q + pos, <uint16_t>length)
+            if length:
+                memcpy(q + pos + 2, data + ro[r], <size_t>length)
+            pos += 2 + length
+
+
+def encode_scan(pid_, seq_, ts_, sc_, rc_, eo_, ro_, data_, uint32_t batch_seq,
+                Py_ssize_t max_frame, Py_ssize_t max_records, int max_reads, int max_read_len):
+    """The SCAN message of the columns (any integer array-likes; EventBatch dtypes pass
+    through without a copy)."""
+    cdef Limits lim = _limits(max_frame, max_records, max_reads, max_read_len)
+    cdef cnp.ndarray pid = _as(pid_, cnp.NPY_UINT64, "parcel_ids")
+    cdef cnp.ndarray seq = _as(seq_, cnp.NPY_UINT64, "seq")
+    cdef cnp.ndarray ts = _as(ts_, cnp.NPY_INT64, "ts_ns")
+    cdef cnp.ndarray sc = _as(sc_, cnp.NPY_UINT16, "scanner_ids")
+    cdef cnp.ndarray rc = _as(rc_, cnp.NPY_UINT8, "recirculations")
+    cdef cnp.ndarray eo = _as(eo_, cnp.NPY_INT32, "event_offsets")
+    cdef cnp.ndarray ro = _as(ro_, cnp.NPY_INT32, "read_offsets")
+    cdef cnp.ndarray data = _as(data_, cnp.NPY_UINT8, "data")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(eo, 0) - 1, total = 0, where = 0
+    cdef Py_ssize_t n_ro = cnp.PyArray_DIM(ro, 0), n_data = cnp.PyArray_DIM(data, 0)
+    cdef int e
+    if n < 0:
+        raise WireError("bad_record", None, "event_offsets is empty (it has n + 1 entries)")
+    if cnp.PyArray_DIM(pid, 0) != n or cnp.PyArray_DIM(seq, 0) != n \
+            or cnp.PyArray_DIM(ts, 0) != n or cnp.PyArray_DIM(sc, 0) != n \
+            or cnp.PyArray_DIM(rc, 0) != n:
+        raise WireError("bad_record", None, f"columns must all have {n} entries")
+    if n > lim.max_records:
+        raise WireError("too_many_records", None, f"{n} events, the limit is {lim.max_records}")
+    cdef const int32_t* peo = <const int32_t*>_p(eo)
+    cdef const int32_t* pro = <const int32_t*>_p(ro)
+    cdef const uint8_t* pdata = <const uint8_t*>_p(data)
+    with nogil:
+        e = size_scan(n, peo, pro, n_ro, n_data, &lim, &total, &where)
+    if e != OK:
+        raise WireError(ERROR_NAMES[e], None, f"event {where}")
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef uint8_t* q = <uint8_t*>PyBytes_AS_STRING(out)
+    put_header(q, K_SCAN, <uint32_t>n, <uint32_t>(total - HEADER_SIZE), batch_seq)
+    cdef const uint64_t* ppid = <const uint64_t*>_p(pid)
+    cdef const uint64_t* pseq = <const uint64_t*>_p(seq)
+    cdef const int64_t* pts = <const int64_t*>_p(ts)
+    cdef const uint16_t* psc = <const uint16_t*>_p(sc)
+    cdef const uint8_t* prc = <const uint8_t*>_p(rc)
+    with nogil:
+        write_scan(q, n, ppid, pseq, pts, psc, prc, peo, pro, pdata)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# DECISION
+
+cdef int parse_decisions(const uint8_t* p, Py_ssize_t n, uint64_t* pid, uint64_t* seq,
+                         uint64_t* dseq, uint16_t* chute, uint8_t* reason, uint16_t* sc,
+                         Py_ssize_t* off) noexcept nogil:
+    """n 32-byte records from p (the first record); the caller checked the length."""
+    cdef Py_ssize_t i
+    cdef const uint8_t* r
+    for i in range(n):
+        r = p + DECISION_RECORD * i
+        pid[i] = ld64(r)
+        seq[i] = ld64(r + 8)
+        dseq[i] = ld64(r + 16)
+        chute[i] = ld16(r + 24)
+        reason[i] = r[26]
+        sc[i] = ld16(r + 28)
+        if r[26] >= N_REASONS:
+            off[0] = DECISION_RECORD * i + 26
+            return E_BAD_RECORD
+        if r[27] != 0:
+            off[0] = DECISION_RECORD * i + 27
+            return E_BAD_RECORD
+        if r[30] != 0 or r[31] != 0:
+            off[0] = DECISION_RECORD * i + 30
+            return E_BAD_RECORD
+    return OK
+
+
+def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
+    """-> (header tuple, plan_version bytes, parcel_id, seq, decision_seq, chute, reason,
+    scanner_id)."""
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef Header h = _open(buf, &lim, K_DECISION)
+    cdef Py_ssize_t n = h.count, body = h.body_len, plv, start, off = 0
+    cdef const uint8_t* p = _ptr(buf)
+    cdef int e = OK
+    if body < 1:
+        raise _fail(E_LENGTH_MISMATCH, 8, "a DECISION body starts with the plan_version length")
+    plv = p[HEADER_SIZE]
+    if body - 1 < plv:
+        raise _fail(E_LENGTH_MISMATCH, HEADER_SIZE, "plan_version runs past the body")
+    start = HEADER_SIZE + 1 + plv
+    if body - 1 - plv != DECISION_RECORD * n:
+        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} DECISION records need {DECISION_RECORD * n} bytes after plan_version, the body has {body - 1 - plv}")
+    plan_version = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE + 1, plv)
+    cdef cnp.ndarray pid = _empty(n, cnp.NPY_UINT64), seq = _empty(n, cnp.NPY_UINT64)
+    cdef cnp.ndarray dseq = _empty(n, cnp.NPY_UINT64), chute = _empty(n, cnp.NPY_UINT16)
+    cdef cnp.ndarray reason = _empty(n, cnp.NPY_UINT8), sc = _empty(n, cnp.NPY_UINT16)
+    cdef uint64_t* ppid = <uint64_t*>_p(pid)
+    cdef uint64_t* pseq = <uint64_t*>_p(seq)
+    cdef uint64_t* pdseq = <uint64_t*>_p(dseq)
+    cdef uint16_t* pchute = <uint16_t*>_p(chute)
+    cdef uint8_t* preason = <uint8_t*>_p(reason)
+    cdef uint16_t* psc = <uint16_t*>_p(sc)
+    with nogil:
+        e = parse_decisions(p + start, n, ppid, pseq, pdseq, pchute, preason, psc, &off)
+    if e != OK:
+        raise _fail(e, start + off)
+    return (_header_tuple(&h), plan_version, pid, seq, dseq, chute, reason, sc)
+
+
+def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_,
+                     uint32_t batch_seq, Py_ssize_t max_frame, Py_ssize_t max_records):
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef cnp.ndarray pid = _as(pid_, cnp.NPY_UINT64, "parcel_id")
+    cdef cnp.ndarray seq = _as(seq_, cnp.NPY_UINT64, "seq")
+    cdef cnp.ndarray dseq = _as(dseq_, cnp.NPY_UINT64, "decision_seq")
+    cdef cnp.ndarray chute_a = _as(chute_, cnp.NPY_UINT16, "chute")
+    cdef cnp.ndarray reason_a = _as(reason_, cnp.NPY_UINT8, "reason")
+    cdef cnp.ndarray sc = _as(sc_, cnp.NPY_UINT16, "scanner_id")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(pid, 0), i, plv = len(plan_version), total, pos
+    cdef const uint64_t* ppid = <const uint64_t*>_p(pid)
+    cdef const uint64_t* pseq = <const uint64_t*>_p(seq)
+    cdef const uint64_t* pdseq = <const uint64_t*>_p(dseq)
+    cdef const uint16_t* chute = <const uint16_t*>_p(chute_a)
+    cdef const uint8_t* reason = <const uint8_t*>_p(reason_a)
+    cdef const uint16_t* psc = <const uint16_t*>_p(sc)
+    cdef uint8_t* q
+    cdef uint8_t* r
+    cdef Py_ssize_t bad = -1
+    if cnp.PyArray_DIM(seq, 0) != n or cnp.PyArray_DIM(dseq, 0) != n \
+            or cnp.PyArray_DIM(chute_a, 0) != n or cnp.PyArray_DIM(reason_a, 0) != n \
+            or cnp.PyArray_DIM(sc, 0) != n:
+        raise WireError("bad_record", None, f"columns must all have {n} entries")
+    if plv > 255:
+        raise WireError("bad_record", None, f"plan_version is {plv} bytes, at most 255")
+    if n > lim.max_records:
+        raise WireError("too_many_records", None, f"{n} decisions, the limit is {lim.max_records}")
+    total = HEADER_SIZE + 1 + plv + DECISION_RECORD * n
+    if total > lim.max_frame:
+        raise WireError("oversized", None, f"{total} bytes, the limit is {lim.max_frame}")
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <uint8_t*>PyBytes_AS_STRING(out)
+    put_header(q, K_DECISION, <uint32_t>n, <uint32_t>(total - HEADER_SIZE), batch_seq)
+    q[HEADER_SIZE] = <uint8_t>plv
+    if plv:
+        memcpy(q + HEADER_SIZE + 1, <const char*>plan_version, plv)
+    pos = HEADER_SIZE + 1 + plv
+    with nogil:
+        for i in range(n):
+            if reason[i] >= N_REASONS:
+                bad = i
+                break
+            r = q + pos + DECISION_RECORD * i
+            st64(r, ppid[i])
+            st64(r + 8, pseq[i])
+            st64(r + 16, pdseq[i])
+            st16(r + 24, chute[i])
+            r[26] = reason[i]
+            r[27] = 0
+            st16(r + 28, psc[i])
+            r[30] = 0
+            r[31] = 0
+    if bad >= 0:
+        raise WireError("bad_record", None, f"decision {bad}: reason {reason[bad]} is not in codes.REASONS")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CHUTE_STATUS and SORT_CONFIRM
+
+def decode_chute_status(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
+    """-> (header tuple, chute, state)."""
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef Header h = _open(buf, &lim, K_CHUTE_STATUS)
+    cdef Py_ssize_t n = h.count, i, off = -1
+    cdef const uint8_t* r
+    if <Py_ssize_t>h.body_len != CHUTE_RECORD * n:
+        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} CHUTE_STATUS records are {CHUTE_RECORD * n} bytes, body_len is {h.body_len}")
+    cdef cnp.ndarray chute_a = _empty(n, cnp.NPY_UINT16), state_a = _empty(n, cnp.NPY_UINT8)
+    cdef uint16_t* chute = <uint16_t*>_p(chute_a)
+    cdef uint8_t* state = <uint8_t*>_p(state_a)
+    cdef const uint8_t* p = _ptr(buf)
+    with nogil:
+        for i in range(n):
+            r = p + HEADER_SIZE + CHUTE_RECORD * i
+            chute[i] = ld16(r)
+            state[i] = r[2]
+            if chute[i] == 0:
+                off = HEADER_SIZE + CHUTE_RECORD * i
+                break
+            if r[2] >= N_CHUTE_STATES:
+                off = HEADER_SIZE + CHUTE_RECORD * i + 2
+                break
+            if r[3] != 0:
+                off = HEADER_SIZE + CHUTE_RECORD * i + 3
+                break
+    if off >= 0:
+        raise _fail(E_BAD_RECORD, off)
+    return (_header_tuple(&h), chute_a, state_a)
+
+
+def encode_chute_status(chute_, state_, uint32_t batch_seq, Py_ssize_t max_frame,
+                        Py_ssize_t max_records):
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef cnp.ndarray chute_a = _as(chute_, cnp.NPY_UINT16, "chutes")
+    cdef cnp.ndarray state_a = _as(state_, cnp.NPY_UINT8, "states")
+    cdef const uint16_t* chute = <const uint16_t*>_p(chute_a)
+    cdef const uint8_t* state = <const uint8_t*>_p(state_a)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(chute_a, 0), i, total, bad = -1
+    cdef uint8_t* q
+    cdef uint8_t* r
+    if cnp.PyArray_DIM(state_a, 0) != n:
+        raise WireError("bad_record", None, f"columns must both have {n} entries")
+    if n > lim.max_records:
+        raise WireError("too_many_records", None, f"{n} records, the limit is {lim.max_records}")
+    total = HEADER_SIZE + CHUTE_RECORD * n
+    if total > lim.max_frame:
+        raise WireError("oversized", None, f"{total} bytes, the limit is {lim.max_frame}")
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <uint8_t*>PyBytes_AS_STRING(out)
+    put_header(q, K_CHUTE_STATUS, <uint32_t>n, <uint32_t>(total - HEADER_SIZE), batch_seq)
+    with nogil:
+        for i in range(n):
+            if chute[i] == 0 or state[i] >= N_CHUTE_STATES:
+                bad = i
+                break
+            r = q + HEADER_SIZE + CHUTE_RECORD * i
+            st16(r, chute[i])
+            r[2] = state[i]
+            r[3] = 0
+    if bad >= 0:
+        raise WireError("bad_record", None, f"record {bad}: chute {chute[bad]} state {state[bad]}")
+    return out
+
+
+def decode_sort_confirm(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
+    """-> (header tuple, parcel_id, chute, outcome)."""
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef Header h = _open(buf, &lim, K_SORT_CONFIRM)
+    cdef Py_ssize_t n = h.count, i, off = -1
+    cdef const uint8_t* r
+    if <Py_ssize_t>h.body_len != CONFIRM_RECORD * n:
+        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} SORT_CONFIRM records are {CONFIRM_RECORD * n} bytes, body_len is {h.body_len}")
+    cdef cnp.ndarray pid_a = _empty(n, cnp.NPY_UINT64), chute_a = _empty(n, cnp.NPY_UINT16)
+    cdef cnp.ndarray outcome_a = _empty(n, cnp.NPY_UINT8)
+    cdef uint64_t* pid = <uint64_t*>_p(pid_a)
+    cdef uint16_t* chute = <uint16_t*>_p(chute_a)
+    cdef uint8_t* outcome = <uint8_t*>_p(outcome_a)
+    cdef const uint8_t* p = _ptr(buf)
+    with nogil:
+        for i in range(n):
+            r = p + HEADER_SIZE + CONFIRM_RECORD * i
+            pid[i] = ld64(r)
+            chute[i] = ld16(r + 8)
+            outcome[i] = r[10]
+            if r[10] >= N_OUTCOMES:
+                off = HEADER_SIZE + CONFIRM_RECORD * i + 10
+                break
+            if r[11] != 0:
+                off = HEADER_SIZE + CONFIRM_RECORD * i + 11
+                break
+            if ld32(r + 12) != 0:
+                off = HEADER_SIZE + CONFIRM_RECORD * i + 12
+                break
+    if off >= 0:
+        raise _fail(E_BAD_RECORD, off)
+    return (_header_tuple(&h), pid_a, chute_a, outcome_a)
+
+
+def encode_sort_confirm(pid_, chute_, outcome_, uint32_t batch_seq, Py_ssize_t max_frame,
+                        Py_ssize_t max_records):
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef cnp.ndarray pid_a = _as(pid_, cnp.NPY_UINT64, "parcel_id")
+    cdef cnp.ndarray chute_a = _as(chute_, cnp.NPY_UINT16, "chute")
+    cdef cnp.ndarray outcome_a = _as(outcome_, cnp.NPY_UINT8, "outcome")
+    cdef const uint64_t* pid = <const uint64_t*>_p(pid_a)
+    cdef const uint16_t* chute = <const uint16_t*>_p(chute_a)
+    cdef const uint8_t* outcome = <const uint8_t*>_p(outcome_a)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(pid_a, 0), i, total, bad = -1
+    cdef uint8_t* q
+    cdef uint8_t* r
+    if cnp.PyArray_DIM(chute_a, 0) != n or cnp.PyArray_DIM(outcome_a, 0) != n:
+        raise WireError("bad_record", None, f"columns must all have {n} entries")
+    if n > lim.max_records:
+        raise WireError("too_many_records", None, f"{n} records, the limit is {lim.max_records}")
+    total = HEADER_SIZE + CONFIRM_RECORD * n
+    if total > lim.max_frame:
+        raise WireError("oversized", None, f"{total} bytes, the limit is {lim.max_frame}")
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <uint8_t*>PyBytes_AS_STRING(out)
+    put_header(q, K_SORT_CONFIRM, <uint32_t>n, <uint32_t>(total - HEADER_SIZE), batch_seq)
+    with nogil:
+        for i in range(n):
+            if outcome[i] >= N_OUTCOMES:
+                bad = i
+                break
+            r = q + HEADER_SIZE + CONFIRM_RECORD * i
+            st64(r, pid[i])
+            st16(r + 8, chute[i])
+            r[10] = outcome[i]
+            r[11] = 0
+            st32(r + 12, 0)
+    if bad >= 0:
+        raise WireError("bad_record", None, f"record {bad}: outcome {outcome[bad]}")
+    return out
+
+
+def encode_heartbeat(uint32_t batch_seq):
+    out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE)
+    put_header(<uint8_t*>PyBytes_AS_STRING(out), K_HEARTBEAT, 0, 0, batch_seq)
+    return out
+
+
+def constants():
+    """The layout constants compiled in, for a test against sorter.wire."""
+    return dict(header_size=HEADER_SIZE, scan_fixed=SCAN_FIXED, decision_record=DECISION_RECORD,
+                chute_record=CHUTE_RECORD, confirm_record=CONFIRM_RECORD, version=VERSION,
+                kinds=[K_SCAN, K_DECISION, K_CHUTE_STATUS, K_SORT_CONFIRM, K_HEARTBEAT],
+                outcomes=N_OUTCOMES, reasons=N_REASONS, chute_states=N_CHUTE_STATES,
+                errors=list(ERROR_NAMES))

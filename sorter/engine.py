@@ -32,9 +32,6 @@ from .router import Router, compile_plan
 
 log = logging.getLogger("sorter.engine")
 
-OUTCOMES = ("sorted", "failed_divert", "lost")
-
-
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: ts, level, event, and the event's fields."""
 
@@ -78,6 +75,7 @@ class Engine:
         self.audit: AuditWriter | None = None
         self._metrics_server = None
         self._last_heartbeat = 0.0
+        self._limits = wire.Limits(max_frame=config.max_frame)
 
     # -- setup and teardown -----------------------------------------------------------------
     def bind(self) -> dict[str, str]:
@@ -195,12 +193,12 @@ class Engine:
             self.metrics.messages += 1
             try:
                 header = wire.peek_header(frame)
-                if header.kind == wire.KIND_HEARTBEAT:
+                if header.kind == wire.HEARTBEAT:
                     continue
-                if header.kind != wire.KIND_SCAN:
-                    raise wire.WireError("unexpected_kind",
-                                         f"kind {header.kind} is not a scan message", 3)
-                scan = wire.decode_scan(frame)
+                if header.kind != wire.SCAN:
+                    raise wire.WireError("unexpected_kind", 3,
+                                         f"{header.kind_name} on the scans socket")
+                scan = wire.decode_scan(frame, limits=self._limits)
             except wire.WireError as e:
                 self._malformed(frame, e, now)
                 continue
@@ -222,11 +220,8 @@ class Engine:
         decisions = router.route(batch, now_ns=now, deadline_ns=deadline_ns)
         decision_seq = np.arange(self.decision_seq + 1, self.decision_seq + 1 + n, dtype=np.uint64)
         self.decision_seq += n
-        dest = decisions.destination
-        names = self._names.take(pa.array(np.where(dest < 0, len(self._names) - 1, dest)))
-        latency = now - batch.ts_ns
-        self.audit.write_decisions(batch, seq, decisions, decision_seq, names, plan.version,
-                                   now, latency)
+        self.audit.write_decisions(batch, seq, decisions, decision_seq, self._names,
+                                   plan.version, now)
         self.batch_seq = (self.batch_seq + 1) & 0xFFFFFFFF
         message = wire.encode_decisions(plan.version, batch.parcel_ids, seq, decision_seq,
                                         decisions.chute, decisions.reason, batch.scanner_ids,
@@ -266,23 +261,20 @@ class Engine:
                 return
             self.metrics.feedback_messages += 1
             try:
-                header = wire.peek_header(frame)
-                if header.kind == wire.KIND_CHUTE_STATUS:
-                    status = wire.decode_chute_status(frame)
-                    for chute, state in zip(status.chute.tolist(), status.state.tolist()):
+                header, payload = wire.decode_message(frame, limits=self._limits)
+                if header.kind == wire.CHUTE_STATUS:
+                    for chute, state in zip(payload.chute.tolist(), payload.state.tolist()):
                         self.router.set_chute_state(chute, state)
-                    self.metrics.chute_status_updates += len(status.chute)
-                elif header.kind == wire.KIND_SORT_CONFIRM:
-                    confirm = wire.decode_sort_confirm(frame)
-                    counts = np.bincount(confirm.outcome, minlength=len(OUTCOMES))
-                    for name, count in zip(OUTCOMES, counts.tolist()):
+                    self.metrics.chute_status_updates += len(payload)
+                elif header.kind == wire.SORT_CONFIRM:
+                    counts = np.bincount(payload.outcome, minlength=len(wire.OUTCOMES))
+                    for name, count in zip(wire.OUTCOMES, counts.tolist()):
                         self.metrics.confirmations[name] += count
-                elif header.kind != wire.KIND_HEARTBEAT:
-                    raise wire.WireError("unexpected_kind",
-                                         f"kind {header.kind} is not PLC feedback", 3)
-            except (wire.WireError, ValueError) as e:
-                err = e if isinstance(e, wire.WireError) else wire.WireError("bad_record", str(e), 0)
-                self._malformed(frame, err, time.time_ns())
+                elif header.kind != wire.HEARTBEAT:
+                    raise wire.WireError("unexpected_kind", 3,
+                                         f"{header.kind_name} on the feedback socket")
+            except wire.WireError as e:
+                self._malformed(frame, e, time.time_ns())
 
     # -- control ------------------------------------------------------------------------------
     def _handle_control(self) -> None:
@@ -365,8 +357,8 @@ class Engine:
 
     @staticmethod
     def _destination_names(plan: Plan) -> pa.Array:
-        """Destination names by id, with a trailing null for 'no destination' (-1)."""
-        return pa.array([d.name for d in plan.destinations] + [None], pa.string())
+        """Destination names by id (the audit caches the array: one object per plan)."""
+        return pa.array([d.name for d in plan.destinations], pa.string())
 
 
 def run(config: EngineConfig) -> int:
