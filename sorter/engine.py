@@ -172,7 +172,7 @@ class Engine:
         self._finish_plan_load()
         if self.scans in ready:
             self._route_queued()
-        self.audit.maybe_fsync()
+        self.audit.tick()
         now = time.monotonic()
         if now - self._last_heartbeat >= 1.0:
             self._last_heartbeat = now

@@ -1,0 +1,132 @@
+"""A real engine subprocess on loopback, and the sockets a scanner, a PLC and an operator use.
+
+Every endpoint is a wildcard port on 127.0.0.1; the engine reports the ports it got in its
+`ready` log line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from sorter import wire
+from sorter.control_client import request
+from sorter.events import EventBatch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class EngineProcess:
+    def __init__(self, tmp_path: Path, *args: str, deadline_ms: float = 0):
+        self.audit_dir = tmp_path / "audit"
+        cmd = [sys.executable, "-m", "sorter.cli", "run",
+               "--scans", "tcp://127.0.0.1:*", "--decisions", "tcp://127.0.0.1:*",
+               "--feedback", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
+               "--metrics", "127.0.0.1:0", "--audit-dir", str(self.audit_dir),
+               "--deadline-ms", str(deadline_ms), *args]
+        self.proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.log: list[dict] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(60):
+            self.proc.kill()
+            raise RuntimeError(f"engine did not become ready: {self.log}")
+        self.endpoints = next(e for e in self.log if e.get("event") == "ready")["endpoints"]
+        self.ctx = zmq.Context()
+        self.scanner = self._socket(zmq.PUSH, "scans")
+        self.plc = self._socket(zmq.PULL, "decisions")
+        self.plc.setsockopt(zmq.RCVTIMEO, 10_000)
+        self.feedback = self._socket(zmq.PUSH, "feedback")
+        time.sleep(0.2)           # let the connections settle before the first message
+
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"event": "non-json", "line": line.decode(errors="replace")}
+            self.log.append(entry)
+            if entry.get("event") == "ready":
+                self._ready.set()
+
+    def _socket(self, kind: int, name: str) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.endpoints[name])
+        return s
+
+    # -- talking to it ------------------------------------------------------------------------
+    def control(self, cmd: str, **fields) -> dict:
+        return request(self.endpoints["control"], {"cmd": cmd, **fields}, timeout_s=60,
+                       context=self.ctx)
+
+    def send_scans(self, reads: list[list[bytes]], *, first_parcel: int = 0, ts_ns=None,
+                   recirculations=None) -> EventBatch:
+        n = len(reads)
+        batch = EventBatch.from_reads(
+            reads, parcel_ids=np.arange(first_parcel, first_parcel + n, dtype=np.uint64),
+            ts_ns=ts_ns if ts_ns is not None else np.full(n, time.time_ns(), np.int64),
+            recirculations=recirculations)
+        self.scanner.send(wire.encode_scan(batch, np.arange(first_parcel, first_parcel + n,
+                                                            dtype=np.uint64)))
+        return batch
+
+    def receive_decisions(self, n: int) -> list[wire.DecisionBatch]:
+        """Decision messages until n decisions arrived (heartbeats skipped)."""
+        got, out = 0, []
+        while got < n:
+            header, payload = wire.decode_message(self.plc.recv())
+            if header.kind == wire.DECISION:
+                out.append(payload)
+                got += len(payload)
+        return out
+
+    def wait_until(self, predicate, timeout_s: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.control("status")
+            if predicate(status):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met; last status {status}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int | None = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None and sig is not None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout_s)
+        finally:
+            self.close_sockets()
+        self._reader.join(5)
+        return code
+
+    def close_sockets(self) -> None:
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+            self.ctx = None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.close_sockets()
+
+
+def flatten(batches: list[wire.DecisionBatch]) -> dict[str, np.ndarray]:
+    cols = {}
+    for name in ("parcel_id", "seq", "decision_seq", "chute", "reason"):
+        cols[name] = np.concatenate([getattr(b, name) for b in batches]) if batches else np.zeros(0)
+    cols["plan_version"] = np.concatenate([[b.plan_version] * len(b) for b in batches]) \
+        if batches else np.zeros(0)
+    return cols
