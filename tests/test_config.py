@@ -1,0 +1,36 @@
+"""Engine settings: defaults < config file < flags; mistakes named with file, section and key."""
+import pytest
+
+from sorter.config import ConfigError, EngineConfig, load_config
+
+
+def test_defaults_run_on_loopback():
+    c = load_config(None)
+    assert c == EngineConfig()
+    assert all(getattr(c, k).startswith("tcp://127.0.0.1:") for k in ("scans", "decisions", "feedback", "control"))
+
+
+def test_file_then_overrides(tmp_path):
+    f = tmp_path / "engine.toml"
+    f.write_text('[engine]\nplan = "hub.toml"\ndeadline_ms = 300\n[endpoints]\nscans = "ipc:///tmp/s"\n'
+                 '[audit]\ndir = "/var/audit"\nfsync_interval_s = -1\n[zmq]\nsndhwm = 10\n')
+    c = load_config(f)
+    assert (c.plan, c.deadline_ms, c.scans, c.audit_dir, c.fsync_interval_s, c.sndhwm) == \
+        (str(tmp_path / "hub.toml"), 300.0, "ipc:///tmp/s", "/var/audit", None, 10)
+    c = c.with_overrides(deadline_ms=0.0, scans=None)
+    assert (c.deadline_ms, c.scans) == (0.0, "ipc:///tmp/s")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[engin]\n", ["[engin]", "unknown section"]),
+    ("[engine]\ndeadline = 3\n", ["[engine] deadline", "unknown key"]),
+    ("[zmq]\nsndhwm = \"many\"\n", ["[zmq] sndhwm", "expected"]),
+    ("[engine\n", ["engine.toml"]),
+])
+def test_mistakes_are_named(tmp_path, text, words):
+    f = tmp_path / "engine.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert all(w in str(e.value) for w in words)
+    assert str(f) in str(e.value)
