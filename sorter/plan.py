@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .barcodes import gs1_check_digit, s10_check_digit
 from .codes import MAX_CHUTE, POLICIES, SPECIAL_REASONS
 from .countries import is_alpha2
 
@@ -137,25 +138,9 @@ _CHUTE_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*\Z")
 _CHUTE_NUMBER = re.compile(r"\s*(\d+)\s*\Z")
 _TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 
-# Shapes of manifest item ids; the check digits are verified separately.
-_S10_RE = r"^[A-IL-RU-VX-Z][A-Z][0-9]{9}[A-Z]{2}$"     # first letter not J, K, S, T, W
-_SSCC_RE = r"^[0-9]{18}$"
-_S10_WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
-
 
 # ---------------------------------------------------------------------------------------------
-# Small validity checks (kept here on purpose: plan loading must not depend on the decoder)
-
-
-def _s10_check_digit(serial: str) -> int:
-    c = 11 - sum(int(d) * w for d, w in zip(serial, _S10_WEIGHTS)) % 11
-    return 0 if c == 10 else 5 if c == 11 else c
-
-
-def _sscc_check_digit(data17: str) -> int:
-    # weights 3, 1, 3, ... from the rightmost data digit
-    s = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(data17)))
-    return (10 - s % 10) % 10
+# Item id checks with messages for plan writers (digits by the reference decoder)
 
 
 def _s10_problem(s: str) -> str | None:
@@ -166,7 +151,7 @@ def _s10_problem(s: str) -> str | None:
         return "S10 item id is not 2 letters, 9 digits, 2 letters (upper case)"
     if s[0] in _RESERVED_SERVICE:
         return f"S10 service indicator {s[:2]!r} starts with reserved letter {s[0]}"
-    expected = _s10_check_digit(s[2:10])
+    expected = s10_check_digit(s[2:10])
     if int(s[10]) != expected:
         return f"S10 check digit is {s[10]}, expected {expected}"
     return None
@@ -179,7 +164,7 @@ def _sscc_problem(s: str) -> str | None:
     if len(s) != 18:
         hint = " (drop the leading AI 00)" if len(s) == 20 and s.startswith("00") else ""
         return f"SSCC has {len(s)} digits, not 18{hint}"
-    expected = _sscc_check_digit(s[:17])
+    expected = gs1_check_digit(s[:17])
     if int(s[17]) != expected:
         return f"SSCC check digit is {s[17]}, expected {expected}"
     return None
@@ -605,43 +590,12 @@ def _as_array(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col
 
 
-def _bytes_at(arr: pa.Array, pos: int) -> np.ndarray:
-    """Byte `pos` of every string of `arr` (all of which are longer than pos), as uint8."""
-    bufs = arr.buffers()
-    odt = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    offsets = np.frombuffer(bufs[1], dtype=odt, count=len(arr) + 1,
-                            offset=arr.offset * np.dtype(odt).itemsize)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    return data[offsets[:-1] + pos]
+def _valid_item_ids(ids: pa.Array) -> np.ndarray:
+    """True where ids is a valid S10 or SSCC (the compiled core's own check); nulls False."""
+    from . import _core
+    from .events import arrow_offsets_data
 
-
-def _digits(arr: pa.Array, start: int, count: int) -> list[np.ndarray]:
-    return [_bytes_at(arr, start + k).astype(np.int64) - 48 for k in range(count)]
-
-
-def _valid_s10_mask(ids: pa.Array) -> np.ndarray:
-    """True where ids is a valid S10 (shape, reserved letters, check digit); nulls False."""
-    shape = _np_bool(pc.match_substring_regex(ids, _S10_RE))
-    idx = np.flatnonzero(shape)
-    if idx.size:
-        sub = ids.take(pa.array(idx))
-        d = _digits(sub, 2, 9)
-        s = sum(w * d[k] for k, w in enumerate(_S10_WEIGHTS))
-        c = 11 - s % 11
-        c = np.where(c == 10, 0, np.where(c == 11, 5, c))
-        shape[idx[c != d[8]]] = False
-    return shape
-
-
-def _valid_sscc_mask(ids: pa.Array) -> np.ndarray:
-    shape = _np_bool(pc.match_substring_regex(ids, _SSCC_RE))
-    idx = np.flatnonzero(shape)
-    if idx.size:
-        sub = ids.take(pa.array(idx))
-        d = _digits(sub, 0, 18)
-        s = sum((3 if (16 - k) % 2 == 0 else 1) * d[k] for k in range(17))
-        shape[idx[(10 - s % 10) % 10 != d[17]]] = False
-    return shape
+    return _core.item_keys(*arrow_offsets_data(ids.fill_null(""))) != 0
 
 
 def _np_bool(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -670,7 +624,7 @@ def _check_manifest(table: pa.Table, file: str, lines: np.ndarray | None,
     ids, postcode, country = cols["item_id"], cols["postcode"], cols["country"]
 
     id_missing = ~_np_bool(pc.greater(pc.utf8_length(ids), 0))   # null or empty
-    id_valid = _valid_s10_mask(ids) | _valid_sscc_mask(ids)
+    id_valid = _valid_item_ids(ids)
     id_bad = ~id_missing & ~id_valid
 
     # duplicates: a row whose id appeared on an earlier row

@@ -699,7 +699,7 @@ def test_vectorised_id_checks_agree_with_scalar_checks():
         else:
             ids.append(rng.choice(["RR47312482GB", "1234", "RR473124829gb", "", "RR-73124829GB"]))
     arr = pa.array(ids, pa.string())
-    vec = plan_mod._valid_s10_mask(arr) | plan_mod._valid_sscc_mask(arr)
+    vec = plan_mod._valid_item_ids(arr)
     scalar = [bool(s) and plan_mod._item_id_problem(s) is None for s in ids]
     assert vec.tolist() == scalar
     assert 50 < sum(scalar) < 2800
