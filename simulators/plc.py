@@ -493,12 +493,16 @@ class PlcSimulator:
             raise RuntimeError("already started")
         if self._ctx is None:
             self._ctx = zmq.Context()
-        self._pull = self._ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.connect(self.decisions_endpoint)
-        self._push = self._ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.LINGER, self.linger_ms)
-        self._push.connect(self.feedback_endpoint)
+        try:
+            self._pull = self._ctx.socket(zmq.PULL)
+            self._pull.setsockopt(zmq.LINGER, 0)
+            self._pull.connect(self.decisions_endpoint)
+            self._push = self._ctx.socket(zmq.PUSH)
+            self._push.setsockopt(zmq.LINGER, self.linger_ms)
+            self._push.connect(self.feedback_endpoint)
+        except zmq.ZMQError:
+            self._close()
+            raise
         with self._lock:
             self._send_status(self.loop.chute_states())
             self.loop.take_chute_changes()       # the full status supersedes them
