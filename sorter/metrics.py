@@ -38,12 +38,21 @@ class BatchHistogram:
         self.raw_max_ns = max(self.raw_max_ns, int(values_ns.max()))
 
     def quantile_s(self, q: float) -> float | None:
-        """Upper bound of the bucket holding quantile q (coarse; for status, not for SLOs)."""
+        """Quantile q, interpolated linearly inside its bucket (for status and dashboards;
+        Prometheus computes its own from the buckets)."""
         total = int(self.counts.sum())
         if total == 0:
             return None
-        i = int(np.searchsorted(np.cumsum(self.counts), q * total, side="left"))
-        return float(self.bounds_s[i]) if i < len(self.bounds_s) else self.raw_max_ns / 1e9
+        cum = np.cumsum(self.counts)
+        rank = q * total
+        i = int(np.searchsorted(cum, rank, side="left"))
+        if i >= len(self.bounds_s):
+            return self.raw_max_ns / 1e9
+        lo = float(self.bounds_s[i - 1]) if i > 0 else 0.0
+        hi = min(float(self.bounds_s[i]), self.raw_max_ns / 1e9)
+        below = float(cum[i - 1]) if i > 0 else 0.0
+        inside = float(self.counts[i])
+        return lo + (hi - lo) * (rank - below) / inside if inside else hi
 
     def family(self) -> HistogramMetricFamily:
         cum = np.cumsum(self.counts)
