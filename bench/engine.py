@@ -19,7 +19,9 @@ comes out (DECISION messages from the engine, the SCAN messages unchanged from t
   `sorter.wire.encode_scan`, each with a parcel id unique to its run; only the timestamps are
   patched in once t0 is chosen.
 - Generator (main thread) and receiver (a thread that only stamps and keeps the frames) live
-  in the bench process; decoding (`sorter.wire.decode_message`) happens after the run.
+  in the bench process; checking happens after the run: DECISION frames are decoded
+  (`sorter.wire.decode_message`), relay frames compared byte for byte with the frame sent
+  (found by `batch_seq` = message index; any that differs is decoded).
 
 Phases: (1) latency at `--rate` (20,000 events/s, one event per message) for `--duration`
 seconds after `--warmup`, engine then relay; (2) saturation: offered rates from `--sat-rates`
@@ -56,6 +58,7 @@ from bench.synthetic import CATEGORIES, make_events_labelled, take
 from sorter import wire
 from sorter.codes import REASONS
 from sorter.control_client import ControlError, request
+from sorter.events import EventBatch
 from sorter.plan import load_plan, summary
 from sorter.router import Router
 
@@ -137,6 +140,8 @@ def add_arguments(parser) -> None:
                    help="profile the engine with py-spy (sampling, --nonblocking --idle) "
                         "during its latency run: collapsed stacks to PATH, a summary in the "
                         "JSON (`engine.profile`)")
+    g.add_argument("--no-cost-model", action="store_true",
+                   help="skip the in-process cost model of one engine turn (`cost_model`)")
     g.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `sorter run` (repeatable), e.g. "
                         "--engine-arg=--batch-max=1024")
@@ -156,6 +161,7 @@ def _params(args) -> dict:
     p["relay_kinds"] = list(dict.fromkeys(kinds))
     p["engine_args"] = list(args.engine_arg)
     p["py_spy"] = str(args.py_spy) if args.py_spy else None
+    p["cost_model"] = not args.no_cost_model
     p["seed"] = args.seed
     p["quick"] = bool(args.quick)
     return p
@@ -216,13 +222,6 @@ class Subprocess:
         self._log.close()
         return self.exit_code
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if not self._log.closed:
-            self._log.close()
-
 
 def start_engine(workdir: Path, extra: list[str]) -> Subprocess:
     cmd = [sys.executable, "-m", "sorter.cli", "run", "--scans", LOOPBACK, "--decisions",
@@ -244,7 +243,6 @@ class Link:
     kind: int                        # wire kind that comes back (DECISION or SCAN)
     push: zmq.Socket
     pull: zmq.Socket
-    runs: int = 0
 
 
 def connect(ctx: zmq.Context, system: str, endpoint_in: str, endpoint_out: str) -> Link:
@@ -279,9 +277,10 @@ def probe(link: Link, pool, timeout_s: float = 30.0) -> float:
             except zmq.Again:
                 continue
             header, payload = wire.decode_message(frame)
-            if header.kind == link.kind and len(payload) and int(payload.parcel_id[0]
-                                                                  if link.kind == wire.DECISION
-                                                                  else payload.events.parcel_ids[0]) == pid:
+            if header.kind != link.kind or not header.count:
+                continue                                  # a heartbeat
+            ids = payload.parcel_id if link.kind == wire.DECISION else payload.events.parcel_ids
+            if int(ids[0]) == pid:
                 _flush(link.pull)
                 return time.monotonic() - started
     raise RuntimeError(f"{link.system}: no reply to a probe within {timeout_s} s")
@@ -363,10 +362,10 @@ def build_schedule(pool, rate: int, batch: int, seconds: float, warmup: float,
         m1 = min(n_msgs, m0 + per_call)
         e0, e1 = m0 * batch, min(n, m1 * batch)
         frame = wire.encode_scan(
-            type(ev)(parcel_ids=ev.parcel_ids[e0:e1], scanner_ids=ev.scanner_ids[e0:e1],
-                     ts_ns=ev.ts_ns[e0:e1], recirculations=ev.recirculations[e0:e1],
-                     event_offsets=ev.event_offsets[e0:e1 + 1], read_offsets=ev.read_offsets,
-                     data=ev.data), seq[e0:e1])
+            EventBatch(parcel_ids=ev.parcel_ids[e0:e1], scanner_ids=ev.scanner_ids[e0:e1],
+                       ts_ns=ev.ts_ns[e0:e1], recirculations=ev.recirculations[e0:e1],
+                       event_offsets=ev.event_offsets[e0:e1 + 1],
+                       read_offsets=ev.read_offsets, data=ev.data), seq[e0:e1])
         body = np.frombuffer(frame, np.uint8, offset=wire.HEADER_SIZE)
         # the frames of messages m0..m1: the body with a 16-byte gap before each message
         gaps = np.repeat(rec_start[first[m0:m1]] - rec_start[e0], 16)
@@ -429,6 +428,8 @@ class Receiver(threading.Thread):
                 if stop.is_set():
                     break
                 continue
+            except zmq.ZMQError:                      # socket closed under us: run aborted
+                break
             times.append(clock())
             frames.append(frame)
             if frame[3] != heartbeat:
@@ -453,7 +454,6 @@ def send_all(sock: zmq.Socket, msgs: list[bytes], due_ns: list[int]) -> list[int
 def run_once(link: Link, s: Schedule, p: dict, pool_reason: np.ndarray,
              lead_s: float = 0.3) -> dict:
     """Offer one prebuilt schedule to one system; returns its row of figures."""
-    link.runs += 1
     _flush(link.pull, 0.01)
     lead_ns = int((lead_s + s.n_events * 150e-9 + s.messages * 1e-6) * 1e9)
     t0 = time.time_ns() + lead_ns
@@ -490,23 +490,31 @@ def run_once(link: Link, s: Schedule, p: dict, pool_reason: np.ndarray,
 def analyse(link: Link, s: Schedule, t0: int, msgs: list[bytes], sent: list[int],
             rx: Receiver, in_time_until: int, drain_s: float, slack_ms: float, p: dict,
             pool_reason: np.ndarray) -> dict:
+    started = time.perf_counter()
     n = s.n_events
     base = np.uint64(s.run) << np.uint64(ID_SHIFT)
     ids, recv_ns, reasons, seqs = [], [], [], []
-    unknown = stale = mismatched_frames = heartbeats = 0
+    unknown = mismatched_frames = heartbeats = 0
+    same_idx, same_t, same_count = [], [], []       # relay frames identical to the ones sent
+    n_msgs = len(msgs)
     for frame, t in zip(rx.frames, rx.times):
-        header, payload = wire.decode_message(frame)
-        if header.kind == wire.HEARTBEAT:
+        if frame[3] == wire.HEARTBEAT:
             heartbeats += 1
             continue
+        if link.kind == wire.SCAN:
+            idx = int.from_bytes(frame[12:16], "little")             # batch_seq = message index
+            if idx < n_msgs and frame == msgs[idx]:
+                same_idx.append(idx)
+                same_t.append(t)
+                same_count.append(int.from_bytes(frame[4:8], "little"))
+                continue
+        header, payload = wire.decode_message(frame)
         if header.kind != link.kind:
             unknown += header.count
             continue
-        if link.kind == wire.SCAN:
+        if link.kind == wire.SCAN:                   # differs from what was sent (or is stale)
             pid, seq = payload.events.parcel_ids, payload.seq
-            idx = header.batch_seq
-            if (pid[0] >> np.uint64(ID_SHIFT)) == np.uint64(s.run) and (
-                    idx >= len(msgs) or frame != msgs[idx]):
+            if len(pid) and (pid[0] >> np.uint64(ID_SHIFT)) == np.uint64(s.run):
                 mismatched_frames += 1
         else:
             pid, seq = payload.parcel_id, payload.seq
@@ -514,6 +522,14 @@ def analyse(link: Link, s: Schedule, t0: int, msgs: list[bytes], sent: list[int]
         ids.append(pid)
         seqs.append(seq)
         recv_ns.append(np.full(len(pid), t, np.int64))
+    if same_idx:
+        counts = np.asarray(same_count, np.int64)
+        first = np.repeat(np.asarray(same_idx, np.int64) * s.batch, counts)
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        rel_same = (first + within).astype(np.uint64)
+        ids.append(base + rel_same)
+        seqs.append(rel_same)
+        recv_ns.append(np.repeat(np.asarray(same_t, np.int64), counts))
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
     pid_all, seq_all = cat(ids, np.uint64), cat(seqs, np.uint64)
     t_all = cat(recv_ns, np.int64)
@@ -544,8 +560,10 @@ def analyse(link: Link, s: Schedule, t0: int, msgs: list[bytes], sent: list[int]
     in_time_fraction = in_time / n if n else 1.0
     last_in_time = int(t_mine[t_mine <= in_time_until].max()) if in_time else t0
     achieved = in_time / ((last_in_time - t0) / 1e9) if last_in_time > t0 else None
-    gen_lag = np.asarray(sent, np.int64) - (t0 + s.due_off_ns)
+    sent_ns = np.asarray(sent, np.int64)
+    gen_lag = sent_ns - (t0 + s.due_off_ns)
     stats = latency_stats(lat[measured])
+    from_send = (t_mine - sent_ns[rel // s.batch])[measured]
     sustained = bool(in_time_fraction >= p["sustain_fraction"] and stats["p99_us"] is not None
                      and stats["p99_us"] <= p["sustain_p99_ms"] * 1000 and duplicates == 0)
     problems = []
@@ -571,11 +589,14 @@ def analyse(link: Link, s: Schedule, t0: int, msgs: list[bytes], sent: list[int]
         "unknown": unknown, "stale": stale, "heartbeats": heartbeats,
         "in_time_fraction": round(in_time_fraction, 6),
         **stats,
+        **{f"from_send_{q}_us": (_us(np.percentile(from_send, x)) if len(from_send) else None)
+           for q, x in (("p50", 50), ("p99", 99), ("p999", 99.9))},
         "gen_lag_p50_us": _us(np.percentile(gen_lag, 50)),
         "gen_lag_p99_us": _us(np.percentile(gen_lag, 99)),
         "gen_lag_max_us": _us(gen_lag.max()),
         "sustained": sustained, "drained": drained, "drain_s": round(drain_s, 3),
         "start_slack_ms": round(slack_ms, 1), "build_s": round(s.build_s, 3),
+        "analyse_s": round(time.perf_counter() - started, 3),
         "problems": problems,
     }
     if reason_counts is not None:
@@ -660,6 +681,151 @@ def profile_summary(path: Path) -> dict:
             "top_self_pct": {k: pct(v) for k, v in sorted(leaf.items(), key=lambda kv: -kv[1])[:15]}}
 
 
+class _Timed:
+    """Wraps a callable and adds up the ns spent in it."""
+
+    def __init__(self, fn):
+        self.fn, self.ns, self.calls = fn, 0, 0
+
+    def __call__(self, *a, **kw):
+        t = time.perf_counter_ns()
+        try:
+            return self.fn(*a, **kw)
+        finally:
+            self.ns += time.perf_counter_ns() - t
+            self.calls += 1
+
+
+class _SendProxy:
+    """Stands in for the engine's decisions socket so that its `send` can be timed."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.send = _Timed(sock.send)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 64),
+               repeats: int = 20) -> dict:
+    """Where one engine turn spends its time, measured in this process on a real
+    `sorter.engine.Engine` (bound to loopback, audit on, default fsync policy) whose stages
+    are wrapped with timers (nothing in sorter/ is modified). For each (m, k): the engine's
+    `batch_max` is set to k, (repeats + 2) * k events are queued on its scans socket as
+    messages of m events, then turns run back to back as in a loaded engine (`poll`, then
+    `_route_queued()`: drain k events, route, audit, send); the first two (ten for the first
+    group) are warm-up.
+    Medians in microseconds per turn:
+
+    total; drain = the per-message receive loop (recv, peek_header, decode_scan, np.full,
+    appends), concat excluded; decode_scan (part of drain); concat (`concat_batches`); route;
+    audit (`write_decisions`); encode (`encode_decisions`); send; other (the rest of
+    `_decide`: decision_seq, metrics). `per_message_us` / `per_batch_us`: least-squares fit
+    total = per_batch + per_message * messages over the one-event-message rows."""
+    import dataclasses
+
+    import sorter.engine as eng
+    from sorter.config import EngineConfig
+
+    config = EngineConfig(scans=LOOPBACK, decisions=LOOPBACK, feedback=LOOPBACK,
+                          control=LOOPBACK, metrics="", deadline_ms=0,
+                          audit_dir=str(workdir / "cost-audit"))
+    engine = eng.Engine(config)
+    engine.bind()
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for sock in (push, pull):
+        sock.setsockopt(zmq.LINGER, 0)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.connect(engine.endpoints["scans"])
+    pull.connect(engine.endpoints["decisions"])
+    saved = {"concat_batches": eng.concat_batches, "encode_decisions": wire.encode_decisions,
+             "decode_scan": wire.decode_scan}
+    timers = {"concat": _Timed(eng.concat_batches), "encode": _Timed(wire.encode_decisions),
+              "route": _Timed(engine.router.route), "audit": _Timed(engine.audit.write_decisions),
+              "decide": _Timed(engine._decide), "decode_scan": _Timed(wire.decode_scan)}
+    eng.concat_batches = timers["concat"]
+    wire.encode_decisions = timers["encode"]
+    wire.decode_scan = timers["decode_scan"]
+    engine.router.route = timers["route"]
+    engine.audit.write_decisions = timers["audit"]
+    engine._decide = timers["decide"]
+    engine.decisions = proxy = _SendProxy(engine.decisions)
+    timers["send"] = proxy.send
+    rows, fsync_us = [], []
+    try:
+        time.sleep(0.2)
+        for m in msg_events:
+            sub = take(pool, np.arange(max(sizes) + m) % len(pool))
+            frames = [wire.encode_scan(take(sub, np.arange(i, i + m)),
+                                       np.arange(m, dtype=np.uint64))
+                      for i in range(0, max(sizes), m)]
+            for k in sizes:
+                if k < m or k % m:
+                    continue
+                engine.config = dataclasses.replace(config, batch_max=k)
+                warm = 2 if rows else 10                # the very first group starts cold
+                turns = repeats + warm
+                for _ in range(turns):
+                    for f in frames[: k // m]:
+                        push.send(f)
+                time.sleep(0.05 + turns * k * 2e-6)     # everything in the engine's queue
+                samples = []
+                for turn in range(turns):
+                    engine.poller.poll(0)
+                    for t in timers.values():
+                        t.ns = t.calls = 0
+                    t0 = time.perf_counter_ns()
+                    got = engine._route_queued()
+                    total = time.perf_counter_ns() - t0
+                    if turn < warm or got != k:
+                        continue
+                    ns = {name: t.ns for name, t in timers.items()}
+                    samples.append({
+                        "total": total, "drain": total - ns["decide"] - ns["concat"],
+                        "decode_scan": ns["decode_scan"], "concat": ns["concat"],
+                        "route": ns["route"], "audit": ns["audit"], "encode": ns["encode"],
+                        "send": ns["send"], "other": ns["decide"] - ns["route"] - ns["audit"]
+                        - ns["encode"] - ns["send"]})
+                while engine._route_queued():
+                    pass
+                while pull.poll(50):
+                    pull.recv()
+                if samples:
+                    med = {key: round(float(np.median([x[key] for x in samples])) / 1e3, 1)
+                           for key in samples[0]}
+                    rows.append({"events_per_message": m, "events": k, "messages": k // m,
+                                 "turns": len(samples), **med})
+            # the audit's fsync (the engine runs it in its loop, at most once a second)
+            for _ in range(3):
+                for f in frames[:64]:
+                    push.send(f)
+                time.sleep(0.05)
+                engine._route_queued()
+                t0 = time.perf_counter_ns()
+                engine.audit.fsync()
+                fsync_us.append(round((time.perf_counter_ns() - t0) / 1e3, 1))
+    finally:
+        eng.concat_batches = saved["concat_batches"]
+        wire.encode_decisions = saved["encode_decisions"]
+        wire.decode_scan = saved["decode_scan"]
+        push.close(0)
+        pull.close(0)
+        ctx.term()
+        engine.decisions = proxy._sock
+        engine.config = config
+        engine.close()
+    one = [r for r in rows if r["events_per_message"] == 1]
+    fit = {}
+    if len(one) >= 2:
+        b, a = np.polyfit([r["messages"] for r in one], [r["total"] for r in one], 1)
+        fit = {"per_message_us": round(float(b), 2), "per_batch_us": round(float(a), 1)}
+    return {"rows": rows, **fit, "audit_fsync_us": fsync_us, "repeats": repeats,
+            "note": "in-process, back-to-back turns, no competing load; us per turn"}
+
+
 def _refined(lo: int, hi: int) -> int:
     """A rate between lo and hi (geometric middle, two significant digits)."""
     mid = (lo * hi) ** 0.5
@@ -707,6 +873,11 @@ def run(args) -> dict:
     pool, labels = make_events_labelled(plan, p["pool"], p["seed"])
     pool_reason = Router(plan).route(pool).reason
     pool_s = time.perf_counter() - t
+    costs = None
+    if p["cost_model"]:
+        with tempfile.TemporaryDirectory(prefix="bench-engine-cost-") as d:
+            costs = (cost_model(pool, Path(d), sizes=(1, 8, 64, 512), repeats=8) if p["quick"]
+                     else cost_model(pool, Path(d)))
     systems = ["engine"] + [RELAY_SYSTEMS[k] for k in p["relay_kinds"]]
     problems: list[str] = []
     latency: dict[str, dict] = {}
@@ -809,6 +980,7 @@ def run(args) -> dict:
     result = _assemble(p, systems, latency, sat_rows, best, failed, engine_status, stop_reply,
                        exits, audit, logs, cmds, probe_s, labels, problems)
     result["engine"]["profile"] = profile
+    result["cost_model"] = costs
     result["params"].update(timer_slack_set=slack, pool_build_s=round(pool_s, 3),
                             plan=summary(plan)["name"], plan_version=plan.version)
     result["bench_s"] = round(time.perf_counter() - started, 3)
@@ -898,15 +1070,17 @@ def report(r: dict) -> str:
     lines = [f"bench engine: {p['plan']} {p['plan_version']}, seed {p['seed']}"
              f"{' (quick)' if p['quick'] else ''}; open loop, latency = receive - intended "
              f"send ({r['histogram']})"]
-    hdr = "  {:<8}{:>10}{:>7}{:>11}{:>9}{:>9}{:>9}{:>9}{:>10}{:>9}{:>10}  {}"
+    hdr = "  {:<7}{:>10}{:>6}{:>11}{:>9}{:>9}{:>9}{:>10}{:>10}{:>10}{:>9}{:>9}  {}"
     lines.append(hdr.format("system", "offered/s", "batch", "achieved/s", "p50 us", "p90 us",
-                            "p99 us", "p99.9 us", "max us", "gen p99", "in time", "ok"))
+                            "p99 us", "p99.9 us", "max us", "p99 send", "gen p99", "in time",
+                            "verdict"))
 
     def row(x):
         return hdr.format(x["system"], _f(x["offered_per_s"]), x["batch"],
                           _f(x["achieved_per_s"]), _f(x["p50_us"]), _f(x["p90_us"]),
                           _f(x["p99_us"]), _f(x["p999_us"]), _f(x["max_us"]),
-                          _f(x["gen_lag_p99_us"]), f"{100 * x['in_time_fraction']:.2f}%",
+                          _f(x.get("from_send_p99_us")), _f(x["gen_lag_p99_us"]),
+                          f"{100 * x['in_time_fraction']:.2f}%",
                           "sustained" if x["sustained"] else "NOT sustained")
 
     lines.append(f"  latency phase: {_f(r['offered_per_s'])} events/s, {p['duration']} s "
@@ -939,6 +1113,23 @@ def report(r: dict) -> str:
                                             f"{' (' + str(v['missing']) + ' missing)' if v['missing'] else ''}"
                                             for s, v in d.items())
                  + f"; engine exit {r['engine']['exit_code']}")
+    cm = r.get("cost_model")
+    if cm and cm.get("rows"):
+        one = [x for x in cm["rows"] if x["events_per_message"] == 1]
+        first, big = one[0], one[-1]
+        k = big["messages"]
+        lines.append(
+            f"  cost model (one engine turn, in-process, us): per one-event message "
+            f"{(big['total'] - first['total']) / max(1, k - 1):.1f} (concat {big['concat'] / k:.1f}, "
+            f"receive loop {big['drain'] / k:.1f} of which decode_scan {big['decode_scan'] / k:.1f}); "
+            f"per turn {first['total']:.0f} (audit {first['audit']:.0f}, route {first['route']:.0f}, "
+            f"encode {first['encode']:.0f}, send {first['send']:.0f}, metrics etc. "
+            f"{first['other']:.0f}); audit fsync {min(cm['audit_fsync_us']):.0f}-"
+            f"{max(cm['audit_fsync_us']):.0f}")
+    prof = (r["engine"].get("profile") or {}).get("inclusive_pct")
+    if prof:
+        lines.append("  py-spy, engine main thread (inclusive %): " + ", ".join(
+            f"{k} {v}" for k, v in prof.items() if k not in ("serve", "step")))
     met = r["goals"]["met"]
     lines.append("  goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
     return "\n".join(lines)
