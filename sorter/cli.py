@@ -5,6 +5,7 @@
     sorter route [--plan PLAN] [FILE]    route scan lines (parcel id TAB read TAB read ...)
     sorter run [--plan PLAN] [--config FILE]   the engine: ZeroMQ in, decisions out, audit
     sorter ctl status|load-plan|chute|stop     talk to a running engine's control socket
+    sorter scanner --preset NAME --connect HOST:PORT | --listen HOST:PORT   a scanner driver
 
 Layout for people adding commands: every command is a `cmd_xxx(args) -> int` function (the
 exit status) and a `_add_xxx_parser(subparsers)` function that declares its arguments and sets
@@ -262,12 +263,19 @@ def _add_ctl_parser(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
+def _add_scanner_parser(subparsers: argparse._SubParsersAction) -> None:
+    from scanners.cli import add_parser      # the driver lives in the scanner layer
+
+    add_parser(subparsers)
+
+
 # One function per top-level command, each adding its subparser; order = order in --help.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_plan_parser,
     _add_route_parser,
     _add_run_parser,
     _add_ctl_parser,
+    _add_scanner_parser,
 ]
 
 
