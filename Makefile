@@ -15,7 +15,7 @@ build: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 run: build
-	$(BIN)/sorter route sorter/data/sample_scans.tsv
+	$(BIN)/sorter demo --seconds 20
 
 test: build
 	$(BIN)/python -m pytest

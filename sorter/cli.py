@@ -6,6 +6,7 @@
     sorter run [--plan PLAN] [--config FILE]   the engine: ZeroMQ in, decisions out, audit
     sorter ctl status|load-plan|chute|stop     talk to a running engine's control socket
     sorter scanner --preset NAME --connect HOST:PORT | --listen HOST:PORT   a scanner driver
+    sorter demo [--seconds N] [--rate R]       the whole line on loopback, with a live view
 
 Layout for people adding commands: every command is a `cmd_xxx(args) -> int` function (the
 exit status) and a `_add_xxx_parser(subparsers)` function that declares its arguments and sets
@@ -269,6 +270,30 @@ def _add_scanner_parser(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from simulators.demo import main_demo    # the demo wires every layer together
+
+    return main_demo(args)
+
+
+def _add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="run the whole line on loopback with a live view",
+        description="Start the engine, a simulated scanner tunnel speaking TCP telegrams to a "
+                    "scanner driver, and a simulated PLC/sorter loop, all on 127.0.0.1; show "
+                    "parcels/s, read rate, reasons, chute fill and latency live; then print a "
+                    "summary and where the audit files are. Ctrl-C stops everything cleanly.")
+    p.add_argument("--seconds", type=float, default=20.0, metavar="N", help="how long (20)")
+    p.add_argument("--rate", type=float, default=50.0, metavar="R", help="parcels/s (50)")
+    p.add_argument("--preset", default="sick_clv", help="scanner telegram preset (sick_clv)")
+    p.add_argument("--plan", default=None, metavar="PLAN", help="plan (the bundled one)")
+    p.add_argument("--audit-dir", default="audit", metavar="DIR", help="audit directory (./audit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-live", action="store_true", help="print a line a second instead")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
+    p.set_defaults(func=cmd_demo)
+
+
 # One function per top-level command, each adding its subparser; order = order in --help.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_plan_parser,
@@ -276,6 +301,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run_parser,
     _add_ctl_parser,
     _add_scanner_parser,
+    _add_demo_parser,
 ]
 
 
