@@ -8,6 +8,7 @@ before it reaches the PLC socket. docs/engine.md describes sockets, settings and
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -75,6 +76,8 @@ class Engine:
         self.audit: AuditWriter | None = None
         self._metrics_server = None
         self._last_heartbeat = 0.0
+        self._last_fold = 0.0
+        self._unfolded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._limits = wire.Limits(max_frame=config.max_frame)
 
     # -- setup and teardown -----------------------------------------------------------------
@@ -96,6 +99,10 @@ class Engine:
             self.poller.register(s, zmq.POLLIN)
         if c.metrics:
             self.endpoints["metrics"] = self._start_metrics(c.metrics)
+        # The plan, tables and modules live for the whole run: keep them out of every
+        # collection, so a full collection does not stall the line.
+        gc.collect()
+        gc.freeze()
         return self.endpoints
 
     def _socket(self, kind: int, endpoint: str, name: str, *, rcvhwm: int = 0,
@@ -140,6 +147,7 @@ class Engine:
             return
         while self._route_queued():
             pass
+        self._fold_metrics()
         self.audit.close()
         self.decisions.setsockopt(zmq.LINGER, self.config.linger_ms)
         for s in (self.scans, self.feedback, self.control, self.decisions):
@@ -174,6 +182,9 @@ class Engine:
             self._route_queued()
         self.audit.tick()
         now = time.monotonic()
+        if now - self._last_fold >= 0.1:
+            self._last_fold = now
+            self._fold_metrics()
         if now - self._last_heartbeat >= 1.0:
             self._last_heartbeat = now
             try:
@@ -234,13 +245,22 @@ class Engine:
                 _log(logging.WARNING, "decisions undelivered: PLC side absent or slow",
                      events=n, decision_seq=int(decision_seq[-1]))
         sent = time.time_ns()
+        # counted now, folded into the histograms by the next timer turn (off the hot path)
+        self._unfolded.append((decisions.reason, sent - batch.ts_ns, sent - recv_ns))
+
+    def _fold_metrics(self) -> None:
+        """Fold the batches routed since the last fold into counters and histograms."""
+        pending, self._unfolded = self._unfolded, []
+        if not pending:
+            return
+        reasons = np.concatenate([p[0] for p in pending])
         with self.metrics.lock:
             m = self.metrics
-            m.events += n
-            m.batches += 1
-            m.decisions_by_reason += np.bincount(decisions.reason, minlength=len(REASONS))
-            m.scan_to_decision.observe_ns(sent - batch.ts_ns)
-            m.engine_latency.observe_ns(sent - recv_ns)
+            m.events += len(reasons)
+            m.batches += len(pending)
+            m.decisions_by_reason += np.bincount(reasons, minlength=len(REASONS))
+            m.scan_to_decision.observe_ns(np.concatenate([p[1] for p in pending]))
+            m.engine_latency.observe_ns(np.concatenate([p[2] for p in pending]))
 
     def _malformed(self, frame: bytes, error: wire.WireError, now_ns: int) -> None:
         with self.metrics.lock:
@@ -312,6 +332,7 @@ class Engine:
         raise ValueError(f"unknown cmd {cmd!r} (status, load_plan, set_chute, stop)")
 
     def status(self) -> dict:
+        self._fold_metrics()
         states = self.router._core.chute_states()
         unavailable = {int(c): CHUTE_STATES[s] for c, s in zip(np.nonzero(states)[0], states[states != 0])}
         return {
@@ -348,6 +369,7 @@ class Engine:
         else:
             self.router.swap_plan(plan, compiled)     # between batches: atomic
             self.plan = plan
+            gc.freeze()
             self._names = self._destination_names(plan)
             self.metrics.plan_loads += 1
             reply = {"ok": True, "plan": summary(plan)}

@@ -62,8 +62,8 @@ class BatchHistogram:
 
 
 class EngineMetrics:
-    """Everything the engine counts. Plain attributes updated by the engine's one thread; the
-    Prometheus HTTP thread reads them under a lock."""
+    """Everything the engine counts. Updated by the engine's one thread (routed batches are
+    folded in every 100 ms, off the hot path); the Prometheus HTTP thread reads under a lock."""
 
     def __init__(self):
         self.lock = threading.Lock()

@@ -323,7 +323,12 @@ def test_decisions_are_audited_when_the_plc_side_is_absent(tmp_path):
 def test_prometheus_endpoint(engine):
     engine.send_scans([[b"050010"], []])
     engine.receive_decisions(2)
-    text = urllib.request.urlopen(engine.endpoints["metrics"], timeout=10).read().decode()
+    deadline = time.monotonic() + 10
+    while True:      # counters are folded in by the engine's timer, every 100 ms
+        text = urllib.request.urlopen(engine.endpoints["metrics"], timeout=10).read().decode()
+        if 'sorter_events_total 2.0' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert 'sorter_decisions_total{reason="sorted"} 1.0' in text
     assert 'sorter_decisions_total{reason="no_read"} 1.0' in text
     assert "sorter_scan_to_decision_seconds_bucket" in text
