@@ -16,8 +16,12 @@ order); the compiler turns them into plain moves on x86 and ARM.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
-from libc.string cimport memcpy
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.string cimport memcpy, memset
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, \
+    PyBytes_CheckExact
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from sorter.codes import REASONS as _REASONS, CHUTE_STATES as _CHUTE_STATES
 
@@ -38,6 +42,8 @@ cdef enum:
     K_HEARTBEAT = 5
     N_OUTCOMES = 3
     MAX_FRAME_CAP = 0x7fffffff          # int32 offsets into one frame's bytes stay exact
+    MAX_OFFSET = 0x7fffffff             # int32 offsets of a combined batch (decode_scans)
+    NOGIL_BYTES = 32768                 # decode_scans releases the GIL from this many bytes on
 
 
 cdef enum:
@@ -294,45 +300,89 @@ def header(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records,
     return _header_tuple(&h)
 
 
+cdef int check_heartbeat(const Header* h, Py_ssize_t* off) noexcept nogil:
+    """The body check of a HEARTBEAT whose header passed check_header."""
+    if h.count != 0:
+        off[0] = 4
+        return E_LENGTH_MISMATCH
+    if h.body_len != 0:
+        off[0] = 8
+        return E_LENGTH_MISMATCH
+    return OK
+
+
+cdef object _body_fail(int e, Py_ssize_t off, const Header* h):
+    """The WireError of check_heartbeat, check_scan_counts, parse_scan or check_header for a
+    frame with header h (h.kind 0 when the header itself was bad): code, offset and detail."""
+    cdef str detail = ""
+    if e == E_LENGTH_MISMATCH and h.kind == K_HEARTBEAT and off == 4:
+        detail = "a HEARTBEAT has count 0"
+    elif e == E_LENGTH_MISMATCH and h.kind == K_HEARTBEAT and off == 8:
+        detail = "a HEARTBEAT has no body"
+    elif e == E_LENGTH_MISMATCH and h.kind == K_SCAN and off == 4:
+        detail = (f"{h.count} SCAN records need at least {SCAN_FIXED * <Py_ssize_t>h.count} "
+                  f"bytes, body_len is {h.body_len}")
+    return _fail(e, off, detail)
+
+
 def heartbeat(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
     cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
     cdef Header h = _open(buf, &lim, K_HEARTBEAT)
-    if h.count != 0:
-        raise _fail(E_LENGTH_MISMATCH, 4, "a HEARTBEAT has count 0")
-    if h.body_len != 0:
-        raise _fail(E_LENGTH_MISMATCH, 8, "a HEARTBEAT has no body")
+    cdef Py_ssize_t off = 0
+    cdef int e = check_heartbeat(&h, &off)
+    if e != OK:
+        raise _body_fail(e, off, &h)
     return _header_tuple(&h)
 
 
 # ---------------------------------------------------------------------------------------------
 # SCAN
 
-cdef int parse_scan(const uint8_t* p, Py_ssize_t end, Py_ssize_t n, const Limits* lim,
-                    uint64_t* pid, uint64_t* seq, int64_t* ts, uint16_t* sc, uint8_t* rc,
-                    int32_t* eo, int32_t* ro, Py_ssize_t ro_cap, uint8_t* data,
-                    Py_ssize_t data_cap, Py_ssize_t* off, Py_ssize_t* n_reads,
-                    Py_ssize_t* n_data) noexcept nogil:
-    """Parse n SCAN records from p[16:end] into the columns, in one pass.
+cdef int check_scan_counts(const Header* h, Py_ssize_t* off) noexcept nogil:
+    """The first body check of a SCAN whose header passed check_header: room for the fixed
+    part of every record."""
+    if SCAN_FIXED * <Py_ssize_t>h.count > <Py_ssize_t>h.body_len:
+        off[0] = 4
+        return E_LENGTH_MISMATCH
+    return OK
+
+
+cdef inline int parse_scan(const uint8_t* p, Py_ssize_t end, Py_ssize_t n, const Limits* lim,
+                           bint fill, uint64_t* pid, uint64_t* seq, int64_t* ts, uint16_t* sc,
+                           uint8_t* rc, int32_t* eo, int32_t* ro, Py_ssize_t ro_cap,
+                           uint8_t* data, Py_ssize_t data_cap, int32_t eo_base, int32_t ro_base,
+                           Py_ssize_t* off, Py_ssize_t* n_reads,
+                           Py_ssize_t* n_data) noexcept nogil:
+    """Check n SCAN records from p[16:end] and, with `fill`, parse them into the columns, in
+    one pass. Without `fill` the column pointers are not touched (they may be NULL): this is
+    the validation and counting pass of decode_scans, the very same checks.
+
+    Offsets are stored rebased: eo[0..n] = eo_base + reads so far, ro[0..reads] = ro_base +
+    bytes so far (decode_scan passes 0, 0; decode_scans the position of the frame's reads and
+    bytes in the combined columns).
 
     The caller checked end - 16 >= 28 * n. While parsing event i, the fixed parts of the events
     after it stay reserved (`limit`), so at every point 28 * n + 2 * reads + bytes <= body_len:
-    `ro` needs (body_len - 28 n) / 2 + 1 entries and `data` body_len - 28 n bytes; the capacity
-    checks below restate that bound and cannot fire on a correct build.
+    `ro` needs (body_len - 28 n) / 2 + 1 entries and `data` body_len - 28 n bytes. The capacity
+    checks below restate the caller's bound (decode_scan: that one; decode_scans: the exact
+    counts of its first pass) and fire only if the frame's bytes changed since it was sized.
     """
     cdef Py_ssize_t pos = HEADER_SIZE, limit, i, k, nr = 0, nd = 0
     cdef Py_ssize_t m, length
-    eo[0] = 0
-    ro[0] = 0
+    if fill:
+        eo[0] = eo_base
+        ro[0] = ro_base
     for i in range(n):
         limit = end - SCAN_FIXED * (n - 1 - i)
         if limit - pos < SCAN_FIXED:
             off[0] = pos
             return E_LENGTH_MISMATCH
-        pid[i] = ld64(p + pos)
-        seq[i] = ld64(p + pos + 8)
-        ts[i] = <int64_t>ld64(p + pos + 16)
-        sc[i] = ld16(p + pos + 24)
-        rc[i] = p[pos + 26]
+        if fill:
+            pid[i] = ld64(p + pos)
+            seq[i] = ld64(p + pos + 8)
+            ts[i] = <int64_t>ld64(p + pos + 16)
+            sc[i] = ld16(p + pos + 24)
+            rc[i] = p[pos + 26]
         m = p[pos + 27]
         if m > lim.max_reads:
             off[0] = pos + 27
@@ -350,13 +400,15 @@ cdef int parse_scan(const uint8_t* p, Py_ssize_t end, Py_ssize_t n, const Limits
             if limit - pos < length or nr + 1 >= ro_cap or data_cap - nd < length:
                 off[0] = pos - 2
                 return E_LENGTH_MISMATCH
-            if length:
+            if fill and length:
                 memcpy(data + nd, p + pos, <size_t>length)
             pos += length
             nd += length
             nr += 1
-            ro[nr] = <int32_t>nd
-        eo[i + 1] = <int32_t>nr
+            if fill:
+                ro[nr] = ro_base + <int32_t>nd
+        if fill:
+            eo[i + 1] = eo_base + <int32_t>nr
     if pos != end:
         off[0] = pos
         return E_LENGTH_MISMATCH
@@ -372,9 +424,9 @@ def decode_scan(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_rec
     cdef Limits lim = _limits(max_frame, max_records, max_reads, max_read_len)
     cdef Header h = _open(buf, &lim, K_SCAN)
     cdef Py_ssize_t n = h.count, body = h.body_len, off = 0, nr = 0, nd = 0, spare
-    cdef int e
-    if SCAN_FIXED * n > body:
-        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} SCAN records need at least {SCAN_FIXED * n} bytes, body_len is {body}")
+    cdef int e = check_scan_counts(&h, &off)
+    if e != OK:
+        raise _body_fail(e, off, &h)
     spare = body - SCAN_FIXED * n
     cdef cnp.ndarray pid = _empty(n, cnp.NPY_UINT64), seq = _empty(n, cnp.NPY_UINT64)
     cdef cnp.ndarray ts = _empty(n, cnp.NPY_INT64), sc = _empty(n, cnp.NPY_UINT16)
@@ -390,8 +442,8 @@ def decode_scan(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_rec
     cdef int32_t* pro = <int32_t*>_p(ro)
     cdef uint8_t* pdata = <uint8_t*>_p(data)
     with nogil:
-        e = parse_scan(p, HEADER_SIZE + body, n, &lim, ppid, pseq, pts, psc, prc, peo, pro,
-                       spare // 2 + 1, pdata, spare, &off, &nr, &nd)
+        e = parse_scan(p, HEADER_SIZE + body, n, &lim, True, ppid, pseq, pts, psc, prc, peo,
+                       pro, spare // 2 + 1, pdata, spare, 0, 0, &off, &nr, &nd)
     if e != OK:
         raise _fail(e, off)
     if nr + 1 < spare // 2 + 1:
@@ -399,6 +451,229 @@ def decode_scan(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_rec
     if nd < spare:
         data = data[:nd]
     return (_header_tuple(&h), pid, seq, ts, sc, rc, eo, ro, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many SCAN frames at once: what a receiver drains from its socket, decoded into one batch
+
+cdef struct Frame:
+    const uint8_t* p             # the frame's bytes (EMPTY when it has none)
+    Py_ssize_t size
+    Header h                     # h.kind is 0 when the header itself is bad (checks 1-4)
+    int err                      # OK, or the code of the first failed check
+    Py_ssize_t off               # ... and its offset
+    Py_ssize_t n_reads           # a valid SCAN: its reads and read bytes (first pass)
+    Py_ssize_t n_data
+    bint view                    # views[i] holds an acquired buffer to release
+
+
+cdef int check_scan_socket(const uint8_t* p, Py_ssize_t size, const Limits* lim, Header* h,
+                           Py_ssize_t* off) noexcept nogil:
+    """Checks 1-10 of a frame received where SCAN and HEARTBEAT are expected, then the kind's
+    body checks that need only the header (SCAN: room for the fixed parts; HEARTBEAT: all)."""
+    h.kind = 0
+    cdef int e = check_header(p, size, lim, h, off)
+    if e != OK:
+        return e
+    if h.kind == K_SCAN:
+        return check_scan_counts(h, off)
+    if h.kind == K_HEARTBEAT:
+        return check_heartbeat(h, off)
+    off[0] = 3
+    return E_UNEXPECTED_KIND
+
+
+cdef void scans_count(Frame* fs, Py_ssize_t n_frames, const Limits* lim, Py_ssize_t* n_events,
+                      Py_ssize_t* n_reads, Py_ssize_t* n_data) noexcept nogil:
+    """First pass: validate every frame completely and count what the valid SCANs hold."""
+    cdef Py_ssize_t i, ne = 0, nr = 0, nd = 0
+    cdef Frame* f
+    for i in range(n_frames):
+        f = &fs[i]
+        f.err = check_scan_socket(f.p, f.size, lim, &f.h, &f.off)
+        if f.err != OK or f.h.kind != K_SCAN:
+            continue
+        f.err = parse_scan(f.p, HEADER_SIZE + <Py_ssize_t>f.h.body_len, f.h.count, lim, False,
+                           NULL, NULL, NULL, NULL, NULL, NULL, NULL, PY_SSIZE_T_MAX, NULL,
+                           PY_SSIZE_T_MAX, 0, 0, &f.off, &f.n_reads, &f.n_data)
+        if f.err == OK:
+            ne += f.h.count
+            nr += f.n_reads
+            nd += f.n_data
+    n_events[0] = ne
+    n_reads[0] = nr
+    n_data[0] = nd
+
+
+cdef void scans_fill(Frame* fs, Py_ssize_t n_frames, const Limits* lim, uint64_t* pid,
+                     uint64_t* seq, int64_t* ts, uint16_t* sc, uint8_t* rc, int32_t* eo,
+                     int32_t* ro, uint8_t* data, int32_t* counts, uint8_t* kinds,
+                     Py_ssize_t* n_events, Py_ssize_t* n_reads, Py_ssize_t* n_data) noexcept nogil:
+    """Second pass: parse the valid SCANs into the columns, sized by the first pass.
+
+    Each frame gets exactly the room the first pass counted for it, and its event count is the
+    one the first pass read: if its bytes changed in between (another thread writing into a
+    bytearray), it fails here alone, is marked bad and takes no room (the totals come back
+    smaller and the caller trims the columns)."""
+    cdef Py_ssize_t i, n, ne = 0, nr = 0, nd = 0, fr = 0, fd = 0
+    cdef Frame* f
+    eo[0] = 0
+    ro[0] = 0
+    for i in range(n_frames):
+        f = &fs[i]
+        kinds[i] = f.h.kind
+        counts[i] = 0
+        if f.err != OK or f.h.kind != K_SCAN:
+            continue
+        n = f.h.count
+        f.err = parse_scan(f.p, HEADER_SIZE + <Py_ssize_t>f.h.body_len, n, lim, True,
+                           pid + ne, seq + ne, ts + ne, sc + ne, rc + ne, eo + ne, ro + nr,
+                           f.n_reads + 1, data + nd, f.n_data, <int32_t>nr, <int32_t>nd,
+                           &f.off, &fr, &fd)
+        if f.err != OK:
+            continue                 # what it wrote past eo[ne], ro[nr] is overwritten or trimmed
+        counts[i] = <int32_t>n
+        ne += n
+        nr += fr
+        nd += fd
+    n_events[0] = ne
+    n_reads[0] = nr
+    n_data[0] = nd
+
+
+def decode_scans(frames, Py_ssize_t max_frame, Py_ssize_t max_records, int max_reads,
+                 int max_read_len):
+    """Decode every frame of `frames` (a sequence of buffers) received where SCAN and HEARTBEAT
+    are expected, into one combined batch.
+
+    -> (parcel_ids, seq, ts_ns, scanner_ids, recirculations, event_offsets, read_offsets, data,
+    counts, kinds, errors): the columns hold the events of the valid SCAN frames in frame
+    order; counts (int32) and kinds (uint8, 0 = bad header) have one entry per frame; errors
+    is a list of (frame index, WireError) in frame order, for every frame that decode_scan
+    (SCAN, other kinds: unexpected_kind) or heartbeat (HEARTBEAT) would reject, with the same
+    code, offset and detail.
+
+    Three loops: take a pointer to every frame's bytes (with the GIL: bytes directly, anything
+    else through the buffer protocol), then validate and count, then fill columns allocated to
+    the exact size. The last two release the GIL when the frames are large enough for it to pay.
+    Raises TypeError / BufferError for an item that is not a contiguous buffer, and
+    OverflowError when the valid frames together hold more than 2**31 - 1 reads or read bytes
+    (int32 offsets); nothing is decoded then.
+    """
+    cdef Limits lim = _limits(max_frame, max_records, max_reads, max_read_len)
+    cdef tuple items = tuple(frames)      # holds every frame for the call, whatever the list does
+    cdef Py_ssize_t n_frames = len(items), i, total = 0
+    cdef Py_ssize_t ne = 0, nr = 0, nd = 0, fe = 0, fr = 0, fd = 0
+    cdef Frame* fs = <Frame*>PyMem_Malloc(max(n_frames, 1) * sizeof(Frame))
+    cdef Py_buffer* views = NULL
+    cdef Frame* f
+    cdef object item
+    cdef cnp.ndarray pid, seq, ts, sc, rc, eo, ro, data, counts, kinds
+    cdef uint64_t* ppid
+    cdef uint64_t* pseq
+    cdef int64_t* pts
+    cdef uint16_t* psc
+    cdef uint8_t* prc
+    cdef int32_t* peo
+    cdef int32_t* pro
+    cdef uint8_t* pdata
+    cdef int32_t* pcounts
+    cdef uint8_t* pkinds
+    if fs == NULL:
+        raise MemoryError()
+    memset(fs, 0, max(n_frames, 1) * sizeof(Frame))
+    try:
+        for i in range(n_frames):
+            item = items[i]
+            f = &fs[i]
+            if PyBytes_CheckExact(item):
+                f.p = <const uint8_t*>PyBytes_AS_STRING(item)
+                f.size = PyBytes_GET_SIZE(item)
+            else:
+                if views == NULL:
+                    views = <Py_buffer*>PyMem_Malloc(n_frames * sizeof(Py_buffer))
+                    if views == NULL:
+                        raise MemoryError()
+                try:
+                    PyObject_GetBuffer(item, &views[i], PyBUF_SIMPLE)
+                except (TypeError, BufferError) as e:
+                    raise type(e)(f"frame {i}: {e}") from None
+                f.view = True
+                f.p = <const uint8_t*>views[i].buf
+                f.size = views[i].len
+            if f.size == 0:
+                f.p = EMPTY
+            total += f.size
+        if total >= NOGIL_BYTES:
+            with nogil:
+                scans_count(fs, n_frames, &lim, &ne, &nr, &nd)
+        else:
+            scans_count(fs, n_frames, &lim, &ne, &nr, &nd)
+        if nr > MAX_OFFSET or nd > MAX_OFFSET:
+            raise OverflowError(f"the frames hold {nr} reads of {nd} bytes in all, more than "
+                                f"int32 offsets address: decode fewer frames per call")
+        pid = _empty(ne, cnp.NPY_UINT64)
+        seq = _empty(ne, cnp.NPY_UINT64)
+        ts = _empty(ne, cnp.NPY_INT64)
+        sc = _empty(ne, cnp.NPY_UINT16)
+        rc = _empty(ne, cnp.NPY_UINT8)
+        eo = _empty(ne + 1, cnp.NPY_INT32)
+        ro = _empty(nr + 1, cnp.NPY_INT32)
+        data = _empty(nd, cnp.NPY_UINT8)
+        counts = _empty(n_frames, cnp.NPY_INT32)
+        kinds = _empty(n_frames, cnp.NPY_UINT8)
+        ppid, pseq, pts = <uint64_t*>_p(pid), <uint64_t*>_p(seq), <int64_t*>_p(ts)
+        psc, prc = <uint16_t*>_p(sc), <uint8_t*>_p(rc)
+        peo, pro, pdata = <int32_t*>_p(eo), <int32_t*>_p(ro), <uint8_t*>_p(data)
+        pcounts, pkinds = <int32_t*>_p(counts), <uint8_t*>_p(kinds)
+        if nd >= NOGIL_BYTES:
+            with nogil:
+                scans_fill(fs, n_frames, &lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
+                           pcounts, pkinds, &fe, &fr, &fd)
+        else:
+            scans_fill(fs, n_frames, &lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
+                       pcounts, pkinds, &fe, &fr, &fd)
+        if fe < ne:
+            pid, seq, ts, sc, rc, eo = pid[:fe], seq[:fe], ts[:fe], sc[:fe], rc[:fe], eo[:fe + 1]
+        if fr < nr:
+            ro = ro[:fr + 1]
+        if fd < nd:
+            data = data[:fd]
+        errors = []
+        for i in range(n_frames):
+            f = &fs[i]
+            if f.err == E_UNEXPECTED_KIND:
+                errors.append((i, _fail(f.err, f.off, f"kind {f.h.kind}, expected {K_SCAN} "
+                                                      f"or {K_HEARTBEAT}")))
+            elif f.err != OK:
+                errors.append((i, _body_fail(f.err, f.off, &f.h)))
+        return (pid, seq, ts, sc, rc, eo, ro, data, counts, kinds, errors)
+    finally:
+        if views != NULL:
+            for i in range(n_frames):
+                if fs[i].view:
+                    PyBuffer_Release(&views[i])
+            PyMem_Free(views)
+        PyMem_Free(fs)
+
+
+def frame_of_event(counts_):
+    """int32 np.repeat(arange(len(counts)), counts), in one loop: the frame of each event."""
+    cdef cnp.ndarray counts = _as(counts_, cnp.NPY_INT32, "counts")
+    cdef const int32_t* c = <const int32_t*>_p(counts)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(counts, 0), i, k, total = 0
+    for i in range(n):
+        if c[i] < 0:
+            raise ValueError(f"counts[{i}] is negative")
+        total += c[i]
+    cdef cnp.ndarray out = _empty(total, cnp.NPY_INT32)
+    cdef int32_t* q = <int32_t*>_p(out)
+    total = 0
+    for i in range(n):
+        for k in range(c[i]):
+            q[total + k] = <int32_t>i
+        total += c[i]
+    return out
 
 
 cdef int size_scan(Py_ssize_t n, const int32_t* eo, const int32_t* ro, Py_ssize_t n_ro,

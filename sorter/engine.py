@@ -26,7 +26,6 @@ from . import wire
 from .audit import AuditWriter, recover
 from .codes import CHUTE_STATES, REASONS
 from .config import EngineConfig
-from .events import concat_batches
 from .metrics import EngineMetrics
 from .plan import Plan, PlanError, load_plan, summary
 from .router import Router, compile_plan
@@ -193,34 +192,30 @@ class Engine:
                 pass
 
     def _route_queued(self) -> int:
-        """Drain up to batch_max queued events, route them, audit, send. Returns events."""
-        batches, seqs, recv_ns, n = [], [], [], 0
+        """Drain up to batch_max queued events, route them, audit, send. Returns events.
+
+        Frames are only received here; one compiled call decodes them all (a malformed frame
+        is rejected alone and audited)."""
+        frames, times, n = [], [], 0
         while n < self.config.batch_max:
             try:
                 frame = self.scans.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            now = time.time_ns()
-            self.metrics.messages += 1
-            try:
-                header = wire.peek_header(frame)
-                if header.kind == wire.HEARTBEAT:
-                    continue
-                if header.kind != wire.SCAN:
-                    raise wire.WireError("unexpected_kind", 3,
-                                         f"{header.kind_name} on the scans socket")
-                scan = wire.decode_scan(frame, limits=self._limits)
-            except wire.WireError as e:
-                self._malformed(frame, e, now)
-                continue
-            batches.append(scan.events)
-            seqs.append(scan.seq)
-            recv_ns.append(np.full(len(scan.events), now, np.int64))
-            n += len(scan.events)
-        if n == 0:
+            frames.append(frame)
+            times.append(time.time_ns())
+            n += int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
+        if not frames:
             return 0
-        self._decide(concat_batches(batches), np.concatenate(seqs), np.concatenate(recv_ns))
-        return n
+        self.metrics.messages += len(frames)
+        scans = wire.decode_scans(frames, limits=self._limits)
+        for index, error in scans.errors:
+            self._malformed(frames[index], error, times[index])
+        if len(scans) == 0:
+            return 0
+        recv_ns = np.array(times, np.int64)[scans.frame_of_event()]
+        self._decide(scans.events, scans.seq, recv_ns)
+        return len(scans)
 
     def _decide(self, batch, seq: np.ndarray, recv_ns: np.ndarray) -> None:
         n = len(batch)

@@ -10,11 +10,14 @@ carries on. Decoders never read outside the buffer, whatever it holds.
 
 Batches are columnar. The parsing and the encoding run in `sorter._wire` (Cython, no GIL, one
 pass, no Python object per record): decoding a SCAN message yields an `EventBatch` ready for
-`Router.route`, plus the scanners' sequence numbers.
+`Router.route`, plus the scanners' sequence numbers. A receiver draining its socket hands all
+the frames it got to `decode_scans`: one compiled call, one combined `EventBatch`, and the
+rejected frames with their errors (one malformed frame never costs the others).
 
     msg = encode_scan(events, seq, batch_seq=7)          # EventBatch + uint64 seq -> bytes
     header, payload = decode_message(msg)                 # dispatch on the kind
     scans = decode_scan(msg)                              # ScanBatch(header, events, seq)
+    many = decode_scans([msg, hb, junk])                  # many frames, one combined batch
     out = encode_decisions("plan-42", scans.events.parcel_ids, scans.seq, dseq,
                            decisions.chute, decisions.reason, scans.events.scanner_ids)
 
@@ -38,10 +41,11 @@ __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "SCAN", "DECISION", "CHUTE_STATUS", "SORT_CONFIRM",
     "HEARTBEAT", "KIND_NAMES", "OUTCOMES", "ERROR_CODES", "MAX_FRAME", "MAX_RECORDS",
     "MAX_READS", "MAX_READ_LEN", "Limits", "DEFAULT_LIMITS", "WireError", "Header", "ScanBatch",
-    "DecisionBatch", "ChuteStatusBatch", "SortConfirmBatch", "peek_header", "decode_message",
-    "encode_scan", "decode_scan", "encode_decisions", "encode_decisions_for", "decode_decisions",
-    "encode_chute_status", "decode_chute_status", "encode_sort_confirm", "decode_sort_confirm",
-    "encode_heartbeat", "decode_heartbeat", "annotate",
+    "DecisionBatch", "ChuteStatusBatch", "SortConfirmBatch", "ScanBatches", "peek_header",
+    "decode_message", "encode_scan", "decode_scan", "decode_scans", "encode_decisions",
+    "encode_decisions_for", "decode_decisions", "encode_chute_status", "decode_chute_status",
+    "encode_sort_confirm", "decode_sort_confirm", "encode_heartbeat", "decode_heartbeat",
+    "annotate",
 ]
 
 MAGIC = b"PS"
@@ -127,6 +131,25 @@ class ScanBatch:
 
     def __len__(self) -> int:
         return len(self.seq)
+
+
+@dataclass
+class ScanBatches:
+    """Many frames from a socket that receives SCAN and HEARTBEAT, decoded at once
+    (`decode_scans`): the events of every valid SCAN frame, in frame order, as one batch."""
+    events: EventBatch
+    seq: np.ndarray            # uint64, parallel to the events: each event's scanner seq
+    counts: np.ndarray         # int32, one per frame: its events (0: rejected or HEARTBEAT)
+    kinds: np.ndarray          # uint8, one per frame: header kind (0: the header itself is bad)
+    errors: list[tuple[int, WireError]]   # (frame index, error) of each rejected frame
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def frame_of_event(self) -> np.ndarray:
+        """int32, parallel to the events: the index of the frame each event came from (e.g.
+        `recv_ns[batches.frame_of_event()]` for per-frame receive times)."""
+        return _wire.frame_of_event(self.counts)     # np.repeat(arange(frames), counts)
 
 
 @dataclass
@@ -251,6 +274,27 @@ def decode_scan(buf, *, limits: Limits = DEFAULT_LIMITS) -> ScanBatch:
     return ScanBatch(_header(h), EventBatch(parcel_ids=pid, scanner_ids=sc, ts_ns=ts,
                                             recirculations=rc, event_offsets=eo,
                                             read_offsets=ro, data=data), seq)
+
+
+def decode_scans(frames, *, limits: Limits = DEFAULT_LIMITS) -> ScanBatches:
+    """Decode a list of frames received where SCAN and HEARTBEAT are expected (the scans
+    socket) in one compiled call: the events of all valid SCAN frames as ONE `EventBatch`.
+
+    Each frame is all-or-nothing and stands alone: it is checked exactly as `decode_scan` (a
+    SCAN) or `decode_heartbeat` (a HEARTBEAT) would check it, in the order of docs/protocol.md
+    section 11 (header and frame length, then the kind: any kind but SCAN and HEARTBEAT is
+    `unexpected_kind` at 3, then the body). A rejected frame adds no events and one entry
+    `(frame index, WireError)` to `errors`, with the code, offset and detail the single-frame
+    decoder raises; a HEARTBEAT adds nothing. Never raises WireError.
+
+    `frames` is a sequence of bytes (as `sock.recv()` gives), or anything exposing a
+    contiguous buffer (bytearray, memoryview, zmq.Frame). Raises TypeError (or BufferError)
+    for an item that is not one, and OverflowError when the valid frames together hold more
+    than 2**31 - 1 reads or bytes of reads (the batch's int32 offsets; keep the bytes per call
+    well below 2 GiB); nothing is decoded then."""
+    pid, seq, ts, sc, rc, eo, ro, data, counts, kinds, errors = _wire.decode_scans(
+        frames, limits.max_frame, limits.max_records, limits.max_reads, limits.max_read_len)
+    return ScanBatches(EventBatch(pid, sc, ts, rc, eo, ro, data), seq, counts, kinds, errors)
 
 
 # ---------------------------------------------------------------------------------------------

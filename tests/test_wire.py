@@ -175,6 +175,30 @@ def valid_messages(draw) -> bytes:
     return wire.encode_heartbeat(bseq)
 
 
+def mutated(draw, msg: bytes) -> bytes:
+    """msg after 1 to 4 random edits: bit flips, byte sets, cuts, insertions, deletions, and
+    header count / body_len overwritten."""
+    buf = bytearray(msg)
+    for _ in range(draw(st.integers(1, 4))):
+        how = draw(st.sampled_from(["flip", "set", "cut", "insert", "delete", "field"]))
+        i = draw(st.integers(0, max(len(buf) - 1, 0)))
+        if how == "flip" and buf:
+            buf[i] ^= 1 << draw(st.integers(0, 7))
+        elif how == "set" and buf:
+            buf[i] = draw(st.integers(0, 255))
+        elif how == "cut":
+            del buf[i:]
+        elif how == "insert":
+            buf[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif how == "delete":
+            del buf[i: i + draw(st.integers(1, 8))]
+        elif how == "field" and len(buf) >= 16:
+            off = draw(st.sampled_from([4, 8]))
+            value = draw(st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 64)))
+            buf[off: off + 4] = value.to_bytes(4, "little")
+    return bytes(buf)
+
+
 # ---------------------------------------------------------------------------------------------
 # Constants
 
@@ -535,25 +559,7 @@ def test_garbage_behind_a_plausible_header_never_crashes(kind, count, body_len, 
 @given(valid_messages(), st.data())
 def test_mutated_messages_never_crash(msg, data):
     decode_or_reject(msg)
-    buf = bytearray(msg)
-    for _ in range(data.draw(st.integers(1, 4))):
-        how = data.draw(st.sampled_from(["flip", "set", "cut", "insert", "delete", "field"]))
-        i = data.draw(st.integers(0, max(len(buf) - 1, 0)))
-        if how == "flip" and buf:
-            buf[i] ^= 1 << data.draw(st.integers(0, 7))
-        elif how == "set" and buf:
-            buf[i] = data.draw(st.integers(0, 255))
-        elif how == "cut":
-            del buf[i:]
-        elif how == "insert":
-            buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
-        elif how == "delete":
-            del buf[i: i + data.draw(st.integers(1, 8))]
-        elif how == "field" and len(buf) >= 16:
-            off = data.draw(st.sampled_from([4, 8]))
-            value = data.draw(st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 64)))
-            buf[off: off + 4] = value.to_bytes(4, "little")
-    decode_or_reject(bytes(buf))
+    decode_or_reject(mutated(data.draw, msg))
 
 
 @FUZZ
@@ -562,6 +568,250 @@ def test_every_truncation_is_rejected(msg):
     for cut in range(len(msg)):
         with pytest.raises(WireError):
             wire.decode_message(msg[:cut])
+
+
+# ---------------------------------------------------------------------------------------------
+# Many frames at once: decode_scans against decoding each frame alone
+
+def decode_alone(buf, limits: Limits = wire.DEFAULT_LIMITS):
+    """(kind, ScanBatch or None, WireError or None): one frame of the scans socket decoded by
+    the single-frame decoders, in the order of docs/protocol.md section 11: header and frame
+    length, then the kind (only SCAN and HEARTBEAT belong on that socket), then the body."""
+    try:
+        kind = wire.peek_header(buf).kind
+    except WireError as e:
+        return 0, None, e
+    try:
+        if kind in (wire.SCAN, wire.HEARTBEAT):
+            return kind, wire.decode_message(buf, limits=limits)[1], None
+        wire.decode_scan(buf, limits=limits)       # checks 1-9, then unexpected_kind
+    except WireError as e:
+        return kind, None, e
+    raise AssertionError("a frame of another kind decoded as a SCAN")
+
+
+def check_decode_scans(frames, limits: Limits = wire.DEFAULT_LIMITS) -> wire.ScanBatches:
+    """decode_scans(frames) is what decoding each frame alone gives, concatenated."""
+    out = wire.decode_scans(frames, limits=limits)
+    alone = [decode_alone(f, limits) for f in frames]
+    scans = [p for _, p, _ in alone if isinstance(p, wire.ScanBatch)]
+    assert out.kinds.dtype == np.uint8 and out.kinds.tolist() == [k for k, _, _ in alone]
+    assert out.counts.dtype == np.int32
+    assert out.counts.tolist() == [len(p) if isinstance(p, wire.ScanBatch) else 0
+                                   for _, p, _ in alone]
+    want_errors = [(i, e) for i, (_, _, e) in enumerate(alone) if e is not None]
+    assert [i for i, _ in out.errors] == [i for i, _ in want_errors]
+    for (i, got), (_, want) in zip(out.errors, want_errors):
+        assert isinstance(got, WireError)
+        assert (got.code, got.offset) == (want.code, want.offset), (i, got, want)
+        if got.code != "unexpected_kind":                 # the same text, detail included
+            assert str(got) == str(want)
+    ev, n = out.events, sum(len(p) for p in scans)
+    assert len(out) == len(ev) == len(out.seq) == n
+    for col, dtype in (("parcel_ids", np.uint64), ("scanner_ids", np.uint16),
+                       ("ts_ns", np.int64), ("recirculations", np.uint8)):
+        got = getattr(ev, col)
+        want = [v for p in scans for v in getattr(p.events, col).tolist()]
+        assert got.dtype == dtype and got.tolist() == want, col
+    assert out.seq.dtype == np.uint64 and out.seq.tolist() == [v for p in scans
+                                                               for v in p.seq.tolist()]
+    assert [ev.reads(k) for k in range(n)] == [p.events.reads(k) for p in scans
+                                               for k in range(len(p))]
+    # the layout, sized exactly: nothing behind the last read or byte
+    assert ev.event_offsets.dtype == ev.read_offsets.dtype == np.int32
+    assert ev.data.dtype == np.uint8
+    assert ev.event_offsets.shape == (n + 1,) and ev.event_offsets[0] == 0
+    assert len(ev.read_offsets) == ev.event_offsets[-1] + 1 and ev.read_offsets[0] == 0
+    assert ev.read_offsets[-1] == len(ev.data)
+    assert np.all(np.diff(ev.event_offsets) >= 0) and np.all(np.diff(ev.read_offsets) >= 0)
+    foe = out.frame_of_event()
+    assert foe.dtype == np.int32
+    assert foe.tolist() == np.repeat(np.arange(len(frames)), out.counts).tolist()
+    return out
+
+
+def as_zmq_frame(b: bytes):
+    import zmq
+    return zmq.Frame(b)
+
+
+def as_array(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, np.uint8)
+
+
+BUFFERS = [bytes, bytearray, memoryview, as_zmq_frame, as_array]
+
+
+@st.composite
+def scan_socket_frames(draw) -> bytes:
+    """What may reach the scans socket: SCANs, HEARTBEATs, other kinds, garbage, and mutated
+    or truncated valid messages."""
+    how = draw(st.sampled_from(["scan", "scan", "scan", "heartbeat", "other", "garbage",
+                                "plausible", "mutated", "mutated", "truncated"]))
+    if how == "scan":
+        batch, seq = draw(event_batches(max_events=5, max_reads=3))
+        return wire.encode_scan(batch, seq, draw(st.integers(0, 2**32 - 1)))
+    if how == "heartbeat":
+        return wire.encode_heartbeat(draw(st.integers(0, 2**32 - 1)))
+    if how == "other":
+        return draw(valid_messages())
+    if how == "garbage":
+        return draw(st.binary(max_size=80))
+    if how == "plausible":
+        return (b"PS\x01" + bytes([draw(st.integers(0, 7))])
+                + draw(st.integers(0, 8)).to_bytes(4, "little")
+                + draw(st.integers(0, 200)).to_bytes(4, "little") + bytes(4)
+                + draw(st.binary(max_size=200)))
+    batch, seq = draw(event_batches(max_events=4, max_reads=3))
+    msg = draw(st.one_of(st.just(wire.encode_scan(batch, seq)), valid_messages()))
+    if how == "truncated":
+        return msg[:draw(st.integers(0, max(len(msg) - 1, 0)))]
+    return mutated(draw, msg)
+
+
+SOME_LIMITS = [wire.DEFAULT_LIMITS, wire.DEFAULT_LIMITS, Limits(max_reads=2),
+               Limits(max_read_len=20), Limits(max_frame=200), Limits(max_records=3),
+               Limits(max_frame=16)]
+
+
+@FUZZ
+@given(st.lists(scan_socket_frames(), max_size=12), st.sampled_from(SOME_LIMITS), st.data())
+def test_decode_scans_is_each_frame_decoded_alone(frames, limits, data):
+    ref = check_decode_scans(frames, limits)
+    # the same frames behind other buffers (the engine passes bytes, but any buffer will do)
+    wrap = data.draw(st.lists(st.sampled_from(BUFFERS), min_size=len(frames),
+                              max_size=len(frames)))
+    out = wire.decode_scans([w(f) for w, f in zip(wrap, frames)], limits=limits)
+    assert_events_equal(out.events, ref.events)
+    assert np.array_equal(out.seq, ref.seq) and np.array_equal(out.counts, ref.counts)
+    assert np.array_equal(out.kinds, ref.kinds)
+    assert [(i, str(e)) for i, e in out.errors] == [(i, str(e)) for i, e in ref.errors]
+
+
+@pytest.mark.parametrize("name, buf, code, offset, limits", malformed_cases(),
+                         ids=[c[0] for c in malformed_cases()])
+def test_decode_scans_rejects_a_malformed_frame_alone(name, buf, code, offset, limits):
+    good = wire.encode_scan(EventBatch.from_reads([[b"a"], []], parcel_ids=[1, 2]), [1, 2])
+    out = check_decode_scans([good, buf, wire.encode_heartbeat(), good], limits)
+    bad = [(e.code, e.offset) for i, e in out.errors if i == 1]
+    if name.split()[0] in ("DECISION", "CHUTE_STATUS", "SORT_CONFIRM"):
+        assert bad == [("unexpected_kind", 3)]     # a body that does not belong here
+    else:
+        assert bad == [(code, offset)]
+    if limits == wire.DEFAULT_LIMITS:
+        assert out.counts.tolist() == [2, 0, 0, 2] and [i for i, _ in out.errors] == [1]
+        assert out.events.parcel_ids.tolist() == [1, 2, 1, 2]
+
+
+def test_decode_scans_of_nothing():
+    for frames in ([], (), [wire.encode_heartbeat(1), wire.encode_heartbeat(2)]):
+        out = check_decode_scans(frames)
+        assert len(out) == 0 and out.errors == []
+        assert out.events.event_offsets.tolist() == [0]
+        assert out.events.read_offsets.tolist() == [0] and len(out.events.data) == 0
+        assert out.counts.tolist() == [0] * len(frames)
+        assert out.kinds.tolist() == [wire.HEARTBEAT] * len(frames)
+        assert out.frame_of_event().tolist() == []
+
+
+def test_decode_scans_of_the_doc_example_and_its_neighbours():
+    ex = doc_examples()
+    frames = [ex["scan"], ex["heartbeat"], ex["decision"], b"", ex["scan"][:20], ex["scan"]]
+    out = check_decode_scans(frames)
+    assert out.counts.tolist() == [2, 0, 0, 0, 0, 2]
+    assert out.kinds.tolist() == [1, 5, 2, 0, 1, 1]
+    assert [(i, e.code, e.offset) for i, e in out.errors] == [
+        (2, "unexpected_kind", 3), (3, "truncated", 0), (4, "truncated", 20)]
+    assert out.frame_of_event().tolist() == [0, 0, 5, 5]
+    assert out.events.reads(0) == [b"RR123456785KZ", b"]C1420A15D3F7\x1d10LOT7"]
+    assert out.events.reads(3) == []
+    assert out.seq.tolist() == [1001, 1002, 1001, 1002]
+    assert out.events.parcel_ids.tolist() == [12345, 12346, 12345, 12346]
+    assert out.events.recirculations.tolist() == [0, 1, 0, 1]
+    assert out.events.event_offsets.tolist() == [0, 2, 2, 4, 4]
+    # per-frame receive times spread over the events, as the engine does
+    recv_ns = np.arange(len(frames), dtype=np.int64) * 1000
+    assert recv_ns[out.frame_of_event()].tolist() == [0, 0, 5000, 5000]
+
+
+def test_decode_scans_of_large_frames_without_the_gil():
+    """Frames past the size from which the compiled passes release the GIL."""
+    big = bytes(range(256)) * 4
+    frames = []
+    for i in range(40):
+        batch = EventBatch.from_reads([[big[: 1000 + i], b"x"], [], [big[i:]] * 3],
+                                      parcel_ids=[i, i + 100, i + 200])
+        frames.append(wire.encode_scan(batch, [i, i, i]))
+    frames[7] = frames[7][:-1]
+    frames[20] = patched(frames[20], 16 + 28 + 2 + 1000 + 20 + 2 + 1 + 28 + 27, b"\x04")
+    out = check_decode_scans(frames)
+    assert sum(map(len, frames)) > 32768
+    assert [(i, e.code) for i, e in out.errors] == [(7, "truncated"), (20, "length_mismatch")]
+    assert len(out) == 38 * 3 and len(out.events.data) > 100_000
+
+
+def test_decode_scans_owns_its_arrays():
+    batch = EventBatch.from_reads([[b"RR123456785KZ"], [b"xyz", b""]])
+    bufs = [bytearray(wire.encode_scan(batch, [1, 2])) for _ in range(3)]
+    out = wire.decode_scans(bufs)
+    for b in bufs:
+        b[16:] = bytes(len(b) - 16)                # the receiver's buffers are reused
+        b.extend(b"\x00")                          # ... and resized: no buffer left exported
+    assert [out.events.reads(i) for i in range(6)] == [[b"RR123456785KZ"], [b"xyz", b""]] * 3
+    for col in ("parcel_ids", "scanner_ids", "ts_ns", "recirculations", "event_offsets",
+                "read_offsets", "data"):
+        assert getattr(out.events, col).flags.writeable, col
+        assert getattr(out.events, col).flags.owndata, col
+
+
+def test_decode_scans_refuses_what_is_not_a_buffer():
+    ok = wire.encode_heartbeat()
+    held = bytearray(ok)
+    for bad in (None, 17, "PS", [ok]):
+        with pytest.raises(TypeError, match="frame 2"):
+            wire.decode_scans([ok, held, bad, held])
+        held.extend(b"\x00")                       # the buffer taken before was released
+        del held[16:]
+    with pytest.raises(BufferError, match="frame 0"):
+        wire.decode_scans([memoryview(ok * 2)[::2]])
+    with pytest.raises(TypeError):
+        wire.decode_scans(None)
+
+
+def test_decode_scans_refuses_more_than_int32_offsets_address():
+    """2 GiB of reads in one call (here one 2 MiB frame 1100 times): refused up front, before
+    anything is allocated."""
+    big = [[bytes(1024)] * 255] * 8
+    frame = wire.encode_scan(EventBatch.from_reads(big), np.zeros(8, np.uint64))
+    with pytest.raises(OverflowError):
+        wire.decode_scans([frame] * 1100)
+    assert len(wire.decode_scans([frame] * 3)) == 24
+
+
+def test_decode_scans_runs_no_python_per_frame():
+    """The Python-level calls made while decoding do not depend on the number of frames."""
+    msg = wire.encode_scan(EventBatch.from_reads([[b"RR123456785KZ"]]), [1])
+
+    def calls(n: int) -> int:
+        frames = [msg, wire.encode_heartbeat()] * n
+        seen = []
+        sys.setprofile(lambda frame, event, arg: seen.append(event))
+        try:
+            out = wire.decode_scans(frames)
+        finally:
+            sys.setprofile(None)
+        assert len(out) == n and out.errors == []
+        return len(seen)
+    assert calls(10) == calls(10_000)
+
+
+def test_frame_of_event():
+    out = wire.ScanBatches(EventBatch.from_reads([]), np.zeros(0, np.uint64),
+                           np.array([2, 0, 3, 1], np.int32), np.ones(4, np.uint8), [])
+    assert out.frame_of_event().tolist() == [0, 0, 2, 2, 2, 3]
+    assert _wire.frame_of_event([]).tolist() == []
+    with pytest.raises(ValueError):
+        _wire.frame_of_event(np.array([1, -1], np.int32))
 
 
 # ---------------------------------------------------------------------------------------------
