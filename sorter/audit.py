@@ -6,13 +6,14 @@ Layout (see docs/audit.md)::
     <directory>/date=YYYY-MM-DD/decisions-HHMMSS-<seq>.arrow     sealed: IPC file with footer
     <directory>/date=YYYY-MM-DD/_decisions-HHMMSS-<seq>.arrow.part   being written (hidden)
 
-`AuditWriter` writes one record batch per call straight to the OS (`pyarrow.OSFile`, no user
-space buffer), so a decision whose `write_decisions` call returned survives SIGKILL; fsync per
-policy bounds what a power loss can take. A file is written under a hidden name (leading `_`,
-suffix `.part`: `pyarrow.dataset` skips names starting with `_`, a `**/*.arrow` glob skips
-the suffix) and renamed to its final name once its footer is written, so datasets only ever
-see complete files. `recover` seals what a crash left unsealed; `read_audit` reads everything,
-unsealed files included, batch by batch.
+`AuditWriter` writes one record batch per call and hands it to the OS before returning (one
+`write(2)` of the serialized batch), so a decision whose `write_decisions` call returned
+survives SIGKILL; fsync per policy bounds what a power loss can take, and with an interval the
+writer's own thread fsyncs and seals rotated files, so writes never wait for the disk. A file
+is written under a hidden name (leading `_`, suffix `.part`: `pyarrow.dataset` skips names
+starting with `_`, a `**/*.arrow` glob skips the suffix) and renamed to its final name once
+its footer is written, so datasets only ever see complete files. `recover` seals what a crash
+left unsealed; `read_audit` reads everything, unsealed files included, batch by batch.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from .codes import MALFORMED, REASONS
@@ -73,15 +75,42 @@ _LOCK_NAME = "_writer.lock"
 _PART_SUFFIX = ".part"
 _IPC_MAGIC = b"ARROW1"
 _STREAM_START = 8          # 6-byte magic + 2 bytes of padding, then the embedded IPC stream
+# Each batch is serialized into a buffer and flushed with one write(2) (the IPC writer makes
+# ~30 small writes per batch; to an unbuffered file each was a syscall). Larger pieces go
+# straight to the file.
+_BUFFER_BYTES = 1 << 16
 _NAME_RE = re.compile(r"^_?decisions-(\d{6})-(\d+)(?:-(\d+))?\.arrow(?:\.part)?$")
 
 
 # --------------------------------------------------------------------------------------------
 # building batches
+#
+# A batch of one event is the engine's usual case at low rates, so the fixed cost per column
+# matters: columns are made straight from the numpy buffers (`Array.from_buffers`, no copy, no
+# conversion), constant columns are cached, and each check is one numpy reduction.
+
+READS_TYPE = AUDIT_SCHEMA.field("reads").type
+_U8, _U16, _I32, _I64, _U64 = pa.uint8(), pa.uint16(), pa.int32(), pa.int64(), pa.uint64()
+
+
+def _fixed(type_: pa.DataType, values: np.ndarray) -> pa.Array:
+    """A fixed-width array without nulls over `values`, which must be contiguous with the
+    width of `type_` (see `_vector`). No copy: the array's buffer keeps `values` alive."""
+    return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
+
+
+def _top(values: np.ndarray) -> int:
+    """The largest value of a non-empty vector (no reduction for a single value)."""
+    return int(values[0]) if len(values) == 1 else int(values.max())
+
+
+def _is_scalar(value) -> bool:
+    """np.isscalar, without its cost for the arrays of the hot path."""
+    return not isinstance(value, np.ndarray) and np.isscalar(value)
 
 
 def _ts_array(now_ns, n: int) -> pa.Array:
-    values = (np.full(n, now_ns, np.int64) if np.isscalar(now_ns)
+    values = (np.full(n, now_ns, np.int64) if _is_scalar(now_ns)
               else _vector(now_ns, n, np.int64, "now_ns"))
     return pa.Array.from_buffers(TS_TYPE, n, [None, pa.py_buffer(values)])
 
@@ -96,7 +125,7 @@ def _vector(values, n: int, dtype, name: str) -> np.ndarray:
 def _scalar_or_vector(values, n: int, dtype, name: str) -> np.ndarray:
     if values is None:
         raise ValueError(f"{name} is required")
-    if np.isscalar(values):
+    if _is_scalar(values):
         return np.full(n, values, dtype)
     return _vector(values, n, dtype, name)
 
@@ -167,25 +196,82 @@ def reads_array(events: EventBatch) -> pa.ListArray:
         except pa.ArrowInvalid:
             ro, data = _utf8_fix(ro, data)
             values = pa.StringArray.from_buffers(n_reads, pa.py_buffer(ro), pa.py_buffer(data))
-    eo = pa.array(np.ascontiguousarray(events.event_offsets, np.int32))
-    return pa.ListArray.from_arrays(eo, values)
+    eo = np.ascontiguousarray(events.event_offsets, np.int32)
+    # from_buffers validates the offsets against the values, as ListArray.from_arrays does
+    return pa.Array.from_buffers(READS_TYPE, len(eo) - 1, [None, pa.py_buffer(eo)],
+                                 children=[values])
 
 
 class _Repeat:
-    """A cached array of one repeated value (or nulls), sliced to the batch size."""
+    """A cached array of one repeated value (or nulls), sliced to the batch size. The last
+    slice is kept too: at low rates every batch has the same size (one event)."""
 
     def __init__(self, type_: pa.DataType):
         self.type = type_
-        self.value: object = None
-        self.array: pa.Array = pa.nulls(0, type_)
+        empty = pa.nulls(0, type_)
+        # (value, array, n, array[:n]) in one tuple: safe from several threads
+        self._cached: tuple[object, pa.Array, int, pa.Array] = (None, empty, 0, empty)
 
     def get(self, value, n: int) -> pa.Array:
-        if value != self.value or len(self.array) < n:
+        cached_value, array, last_n, last = self._cached
+        if n == last_n and value == cached_value:
+            return last
+        if value != cached_value or len(array) < n:
             size = max(n, 1024)
-            self.array = (pa.nulls(size, self.type) if value is None
-                          else pa.repeat(pa.scalar(value, self.type), size))
-            self.value = value
-        return self.array.slice(0, n) if len(self.array) != n else self.array
+            array = (pa.nulls(size, self.type) if value is None
+                     else pa.repeat(pa.scalar(value, self.type), size))
+        last = array.slice(0, n) if len(array) != n else array
+        self._cached = (value, array, n, last)
+        return last
+
+
+# Arrow's take kernel, called directly: `Array.take` goes through pyarrow.compute's Python
+# wrapper, which costs as much again for a small batch
+_TAKE = pc.get_function("array_take")
+
+
+class _Destinations:
+    """The destination names of one plan, ready to be gathered by destination index.
+
+    Index -1 (any negative index) is no destination: null. Arrow's `take` gathers (measured
+    faster than gathering the bytes with numpy at every batch size); a batch of one event, the
+    common case at low rates, gets a cached one-row array.
+    """
+
+    def __init__(self, names):
+        if isinstance(names, pa.ChunkedArray):
+            names = names.combine_chunks()
+        arr = names if isinstance(names, pa.Array) else pa.array(list(names), pa.string())
+        if arr.type != pa.string():
+            arr = arr.cast(pa.string())
+        self.count = len(arr)
+        # the null at index `count` stands for every negative index
+        self.table = pa.concat_arrays([arr, pa.nulls(1, pa.string())])
+        self._one_row: dict[int, pa.Array] = {}
+
+    def _out_of_range(self, index: int) -> IndexError:
+        return IndexError(f"destination {index} out of range: {self.count} destination names")
+
+    def column(self, dest: np.ndarray) -> pa.Array:
+        """The destination column for `dest` (int32, contiguous); IndexError past the names."""
+        if len(dest) == 1:
+            i = int(dest[0])
+            if i >= self.count:
+                raise self._out_of_range(i)
+            i = self.count if i < 0 else i
+            column = self._one_row.get(i)
+            if column is None:
+                column = self._one_row[i] = _TAKE.call([self.table, pa.array([i], _I32)])
+            return column
+        # viewed as uint32 a negative index is >= 2**31: one reduction checks the usual batch,
+        # and a minimum maps the negative ones to the null
+        as_unsigned = dest.view(np.uint32)
+        if _top(as_unsigned) >= self.count:
+            top = _top(dest)
+            if top >= self.count:
+                raise self._out_of_range(top)
+            dest = np.minimum(as_unsigned, np.uint32(self.count)).view(np.int32)
+        return _TAKE.call([self.table, _fixed(_I32, dest)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +295,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _close_quietly(*files) -> None:
+    """Close after a failure, best effort (the buffered stream first: it closes the file)."""
+    for f in files:
+        try:
+            if f is not None:
+                f.close()
+        except Exception:
+            pass
+
+
 def _lock_directory(directory: Path) -> int:
     fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -228,14 +324,20 @@ class AuditWriter:
     rotate_bytes: seal the file once it holds at least this many bytes (None: never).
     rotate_seconds: seal the file when a write comes this long after its first row (None:
         never). Files are also sealed when the UTC date of a write differs from the file's.
-    fsync_interval_s: fsync the file when a write (or `maybe_fsync`, or `close`) finds the last
-        fsync older than this; 0 = after every batch; None = never (the OS decides).
-    clock: ns since the epoch; the fsync timer, and the default decision time.
+    fsync_interval_s: at most this many seconds of written rows are not yet fsynced. 0 = fsync
+        after every batch, inside `write_decisions`; > 0 = a thread of the writer fsyncs the
+        file every interval when rows were written since the last fsync, and seals rotated
+        files (footer, fsync, rename), so writes never wait for the disk; None = never fsync
+        (the OS decides).
+    clock: ns since the epoch; the default decision time, and `maybe_fsync`'s timer.
 
     Rotation and partition follow the decision time (`now_ns` of each write), so every row of
     `date=D/` has a `ts` on the UTC date D. One writer per directory (an flock on
     `_writer.lock` enforces it). Methods may be called from several threads (a lock
-    serialises them); `fsync()` from a timer thread does not block writes while it syncs.
+    serialises them). With fsync_interval_s > 0 only the writer's thread, `fsync`,
+    `maybe_fsync` and `close` fsync, and none of them holds the lock meanwhile except `close`.
+    Call `close()` (or use `with`): it stops the thread and seals the current file. A failure
+    of the thread (an fsync or a seal) is logged and raised by the next write or `close`.
     """
 
     def __init__(self, directory, *, rotate_bytes: int | None = 256 << 20,
@@ -255,24 +357,36 @@ class AuditWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self.directory)
         self._lock = threading.RLock()
-        self._sink: pa.NativeFile | None = None
+        self._file: pa.OSFile | None = None           # the current file's descriptor
+        self._sink: pa.BufferedOutputStream | None = None    # over it: flushed every batch
         self._writer: ipc.RecordBatchFileWriter | None = None
         self._part: Path | None = None
         self._final: Path | None = None
         self._file_start_ns = 0
         self._day_start_ns = 0
-        self._dirty = False                   # bytes written since the last fsync
+        self._dirty = False                   # rows written to the current file, not fsynced
         self._last_fsync_ns = clock()
         self._closed = False
-        self._names: object = None            # cache of the destination names array
-        self._names_array: pa.Array | None = None
+        self._destination_cache: tuple[object, _Destinations | None] = (None, None)
         self._plan_version = _Repeat(pa.string())
         self._null_binary = _Repeat(pa.binary())
         self._null_string = _Repeat(pa.string())
-        self.files: list[Path] = []           # files sealed by this writer, in order
+        # files sealed by this writer, in order (a rotated file is listed when it is handed to
+        # the thread, and sealed by the time close() returns)
+        self.files: list[Path] = []
         self.rows_written = 0
         self.batches_written = 0
         self.fsyncs = 0
+        # the background thread (fsync_interval_s > 0) and what it has to do
+        self._seals: list[_Seal] = []         # rotated files to seal, in order
+        self._dirs: list[Path] = []           # directories whose new entries need an fsync
+        self._error: BaseException | None = None   # its failure, raised by the next call
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if self.fsync_interval_ns:
+            self._thread = threading.Thread(target=self._run, name="audit-fsync", daemon=True)
+            self._thread.start()
 
     # -- public API -----------------------------------------------------------------------
 
@@ -300,51 +414,9 @@ class AuditWriter:
             raise ValueError(f"{len(decisions)} decisions for {n} events")
         if n == 0:
             return 0
-        if now_ns is None:
-            now_ns = self.clock()
-        if not np.isscalar(now_ns):
-            now_ns = _vector(now_ns, n, np.int64, "now_ns")
-        ts = _ts_array(now_ns, n)
-        first_ns = int(now_ns) if np.isscalar(now_ns) else int(now_ns[0])
-        if np.isscalar(decision_seq):
-            first_seq = int(decision_seq)
-            dseq = np.arange(first_seq, first_seq + n, dtype=np.uint64)
-        else:
-            dseq = _vector(decision_seq, n, np.uint64, "decision_seq")
-            first_seq = int(dseq[0])
-        if latency_ns is None:
-            latency = np.subtract(now_ns, _vector(events.ts_ns, n, np.int64, "ts_ns"),
-                                  dtype=np.int64)
-        else:
-            latency = _scalar_or_vector(latency_ns, n, np.int64, "latency_ns")
-        reason = _vector(decisions.reason, n, np.uint8, "reason")
-        if int(reason.max()) >= len(REASONS):
-            raise ValueError(f"reason code {int(reason.max())} is not in codes.REASONS")
-        dest = _vector(decisions.destination, n, np.int32, "destination")
-        names = self._destination_array(destination_names)     # names + a trailing null
-        if int(dest.max()) >= len(names) - 1:
-            raise IndexError(f"destination {int(dest.max())} out of range: "
-                             f"{len(names) - 1} destination names")
-        none = dest < 0
-        if none.any():
-            dest = np.where(none, np.int32(len(names) - 1), dest)
-        columns = [
-            ts,
-            pa.array(_vector(events.scanner_ids, n, np.uint16, "scanner_ids")),
-            pa.array(_vector(events.parcel_ids, n, np.uint64, "parcel_ids")),
-            pa.array(_scalar_or_vector(seq, n, np.uint64, "seq")),
-            pa.array(dseq),
-            reads_array(events),
-            pa.array(_vector(decisions.chute, n, np.uint16, "chute")),
-            pa.DictionaryArray.from_arrays(pa.array(reason.view(np.int8)), REASON_DICTIONARY),
-            names.take(pa.array(dest)),
-            self._plan_version.get(plan_version, n),
-            pa.array(latency),
-            pa.array(_vector(events.recirculations, n, np.uint8, "recirculations")),
-            self._null_binary.get(None, n),
-            self._null_string.get(None, n),
-        ]
-        batch = pa.RecordBatch.from_arrays(columns, schema=AUDIT_SCHEMA)
+        batch, first_seq, first_ns = self._decision_batch(
+            events, seq, decisions, decision_seq, destination_names, plan_version, now_ns,
+            latency_ns)
         self._write(batch, first_seq, first_ns)
         return n
 
@@ -375,60 +447,53 @@ class AuditWriter:
         self._write(batch, int(decision_seq), int(now_ns))
 
     def flush(self) -> None:
-        """Push written bytes to the OS. Writes already go straight to the OS (no user-space
-        buffer), so this only flushes the sink; durability is `fsync`'s job."""
+        """Push written bytes to the OS. Every write already flushes its batch before it
+        returns, so there is nothing to push; durability is `fsync`'s job."""
         with self._lock:
             if self._sink is not None:
                 self._sink.flush()
 
     def maybe_fsync(self) -> bool:
-        """fsync if there are unsynced bytes and the last fsync is older than the interval.
-        Called at every write; call it from a timer too so that a quiet line still gets its
-        last batches synced within the interval. Returns whether it synced."""
-        with self._lock:
-            return self._maybe_fsync_locked()
+        """fsync if there are unsynced rows and the last fsync is older than the interval (by
+        `clock`); returns whether it synced. The writer's thread already does this (interval >
+        0); this is for callers that want it now. The lock is not held while the disk syncs."""
+        return self._sync_current(due_only=True)
 
     def fsync(self) -> None:
-        """fsync the current file now (a no-op with fsync_interval_s=None or no file).
+        """fsync the current file now, if rows were written since the last fsync (a no-op
+        with fsync_interval_s=None or no file).
 
-        Safe from a timer thread: the descriptor is duplicated under the lock, the sync itself
+        Safe from any thread: the descriptor is duplicated under the lock, the sync itself
         runs outside it, so writes are not held up by a slow disk."""
-        if self.fsync_interval_ns is None:
-            return
-        with self._lock:
-            if self._sink is None or not self._dirty:
-                return
-            fd = os.dup(self._sink.fileno())
-            self._dirty = False
-            self._last_fsync_ns = self.clock()
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with self._lock:
-            self.fsyncs += 1
+        self._sync_current(due_only=False)
 
     def tick(self, now_ns=None) -> None:
-        """Timer hook: seal the current file if its time is up, else `maybe_fsync`."""
+        """Timer hook: seal the current file if its time is up (a quiet line gets no write
+        that would do it). fsyncs are the writer's thread's job (fsync_interval_s > 0)."""
         with self._lock:
             if self._writer is not None:
                 now = self.clock() if now_ns is None else int(now_ns)
                 if self._rotation_due(now):
                     self._seal()
-                    return
-            self._maybe_fsync_locked()
 
     def close(self) -> None:
-        """Seal the current file (footer, fsync unless the policy is None, rename) and release
-        the directory. Idempotent."""
+        """Stop the writer's thread (after it has sealed the files it was given), seal the
+        current file (footer, fsync unless the policy is None, rename) and release the
+        directory. Raises a failure of the thread not raised yet. Idempotent."""
         with self._lock:
             if self._closed:
                 return
-            try:
-                self._seal()
-            finally:
-                self._closed = True
-                os.close(self._lock_fd)
+            self._closed = True                # writes are refused from now on
+            self._stopping = True
+        try:
+            if self._thread is not None:
+                self._wake.set()
+                self._thread.join()
+            with self._lock:
+                self._seal_now()
+        finally:
+            os.close(self._lock_fd)
+        self._raise_deferred()
 
     def __enter__(self) -> "AuditWriter":
         return self
@@ -436,19 +501,66 @@ class AuditWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- internals --------------------------------------------------------------------------
+    # -- building batches ------------------------------------------------------------------
 
-    def _destination_array(self, names) -> pa.Array:
-        if names is not self._names or self._names_array is None:
-            if isinstance(names, pa.ChunkedArray):
-                names = names.combine_chunks()
-            arr = names if isinstance(names, pa.Array) else pa.array(list(names), pa.string())
-            if arr.type != pa.string():
-                arr = arr.cast(pa.string())
-            # index -1 (no destination) is mapped to a null appended at the end
-            arr = pa.concat_arrays([arr, pa.nulls(1, pa.string())])
-            self._names, self._names_array = names, arr
-        return self._names_array
+    def _decision_batch(self, events: EventBatch, seq, decisions: Decisions, decision_seq,
+                        destination_names, plan_version, now_ns, latency_ns):
+        """(record batch, first decision_seq, first decision time) of one `write_decisions`;
+        raises on invalid input."""
+        n = len(events)
+        if now_ns is None:
+            now_ns = self.clock()
+        if _is_scalar(now_ns):
+            ts = np.full(n, now_ns, np.int64)
+            first_ns = int(now_ns)
+        else:
+            now_ns = ts = _vector(now_ns, n, np.int64, "now_ns")
+            first_ns = int(ts[0])
+        if _is_scalar(decision_seq):
+            first_seq = int(decision_seq)
+            dseq = np.arange(first_seq, first_seq + n, dtype=np.uint64)
+        else:
+            dseq = _vector(decision_seq, n, np.uint64, "decision_seq")
+            first_seq = int(dseq[0])
+        if latency_ns is None:
+            latency = np.subtract(now_ns, _vector(events.ts_ns, n, np.int64, "ts_ns"),
+                                  dtype=np.int64)
+        else:
+            latency = _scalar_or_vector(latency_ns, n, np.int64, "latency_ns")
+        reason = _vector(decisions.reason, n, np.uint8, "reason")
+        top = _top(reason)
+        if top >= len(REASONS):
+            raise ValueError(f"reason code {top} is not in codes.REASONS")
+        destination = self._destinations(destination_names).column(
+            _vector(decisions.destination, n, np.int32, "destination"))
+        columns = [
+            _fixed(TS_TYPE, ts),
+            _fixed(_U16, _vector(events.scanner_ids, n, np.uint16, "scanner_ids")),
+            _fixed(_U64, _vector(events.parcel_ids, n, np.uint64, "parcel_ids")),
+            _fixed(_U64, _scalar_or_vector(seq, n, np.uint64, "seq")),
+            _fixed(_U64, dseq),
+            reads_array(events),
+            _fixed(_U16, _vector(decisions.chute, n, np.uint16, "chute")),
+            # the codes were checked above: uint8 and int8 have the same bytes below 128
+            pa.DictionaryArray.from_buffers(REASON_TYPE, n, [None, pa.py_buffer(reason)],
+                                            REASON_DICTIONARY),
+            destination,
+            self._plan_version.get(plan_version, n),
+            _fixed(_I64, latency),
+            _fixed(_U8, _vector(events.recirculations, n, np.uint8, "recirculations")),
+            self._null_binary.get(None, n),
+            self._null_string.get(None, n),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=AUDIT_SCHEMA), first_seq, first_ns
+
+    def _destinations(self, names) -> _Destinations:
+        cached_names, destinations = self._destination_cache
+        if names is not cached_names or destinations is None:
+            destinations = _Destinations(names)
+            self._destination_cache = (names, destinations)    # keeps `names` alive
+        return destinations
+
+    # -- files ------------------------------------------------------------------------------
 
     def _rotation_due(self, now_ns: int) -> bool:
         if not (self._day_start_ns <= now_ns < self._day_start_ns + _DAY_NS):
@@ -459,33 +571,28 @@ class AuditWriter:
         with self._lock:
             if self._closed:
                 raise ValueError("write to a closed AuditWriter")
+            if self._error is not None:
+                self._raise_deferred()
             if self._writer is not None and self._rotation_due(now_ns):
                 self._seal()
             if self._writer is None:
                 self._open(first_seq, now_ns)
             try:
                 self._writer.write_batch(batch)
+                self._sink.flush()             # the whole batch to the OS, in one write(2)
             except BaseException:
                 self._abandon()
                 raise
             self._dirty = True
             self.rows_written += batch.num_rows
             self.batches_written += 1
-            self._maybe_fsync_locked()
+            if self.fsync_interval_ns == 0:    # the strongest policy: synced before returning
+                os.fsync(self._file.fileno())
+                self.fsyncs += 1
+                self._dirty = False
+                self._last_fsync_ns = self.clock()
             if self.rotate_bytes is not None and self._sink.tell() >= self.rotate_bytes:
                 self._seal()
-
-    def _maybe_fsync_locked(self) -> bool:
-        if self.fsync_interval_ns is None or self._sink is None or not self._dirty:
-            return False
-        now = self.clock()
-        if now - self._last_fsync_ns < self.fsync_interval_ns:
-            return False
-        os.fsync(self._sink.fileno())
-        self.fsyncs += 1
-        self._dirty = False
-        self._last_fsync_ns = now
-        return True
 
     def _open(self, first_seq: int, now_ns: int) -> None:
         date, hhmmss = _utc_parts(now_ns)
@@ -495,32 +602,53 @@ class AuditWriter:
         base = f"decisions-{hhmmss}-{first_seq}"
         name, k = base, 0
         while ((part_dir / f"{name}.arrow").exists()
-               or (part_dir / f"_{name}.arrow{_PART_SUFFIX}").exists()):
+               or (part_dir / f"_{name}.arrow{_PART_SUFFIX}").exists()
+               or any(s.final == part_dir / f"{name}.arrow" for s in self._seals)):
             k += 1
             name = f"{base}-{k}"
         self._final = part_dir / f"{name}.arrow"
         self._part = part_dir / f"_{name}.arrow{_PART_SUFFIX}"
-        self._sink = pa.OSFile(str(self._part), "wb")
+        self._file = pa.OSFile(str(self._part), "wb")
+        self._sink = pa.BufferedOutputStream(self._file, _BUFFER_BYTES)
         self._writer = ipc.new_file(self._sink, AUDIT_SCHEMA)
         self._file_start_ns = now_ns
         self._day_start_ns = now_ns - now_ns % _DAY_NS
         self._dirty = False
-        if self.fsync_interval_ns is not None:     # make the new names survive a power loss
-            _fsync_dir(part_dir)
-            if created:
-                _fsync_dir(self.directory)
+        # make the new names survive a power loss: now, or by the thread before it fsyncs
+        # the file's rows
+        dirs = [part_dir, self.directory] if created else [part_dir]
+        if self._thread is not None:
+            self._dirs.extend(dirs)
+        elif self.fsync_interval_ns is not None:
+            for d in dirs:
+                _fsync_dir(d)
 
     def _seal(self) -> None:
+        """Seal the current file: handed to the thread (interval > 0; the next write opens a
+        new file meanwhile), else now."""
+        if self._writer is None:
+            return
+        if self._thread is None or self._stopping:
+            self._seal_now()
+            return
+        self._seals.append(_Seal(self._writer, self._sink, self._file, self._part, self._final))
+        self.files.append(self._final)
+        self._writer = self._sink = self._file = self._part = self._final = None
+        self._dirty = False
+        self._wake.set()
+
+    def _seal_now(self) -> None:
         """Footer, fsync (policy permitting), rename to the final name."""
         if self._writer is None:
             return
         try:
             self._writer.close()
+            self._sink.flush()
             if self.fsync_interval_ns is not None:
-                os.fsync(self._sink.fileno())
+                os.fsync(self._file.fileno())
                 self.fsyncs += 1
                 self._last_fsync_ns = self.clock()
-            self._sink.close()
+            self._sink.close()                 # and the file
             os.replace(self._part, self._final)
             if self.fsync_interval_ns is not None:
                 _fsync_dir(self._final.parent)
@@ -528,20 +656,125 @@ class AuditWriter:
         except BaseException:
             self._abandon()
             raise
-        self._writer = self._sink = self._part = self._final = None
+        self._writer = self._sink = self._file = self._part = self._final = None
         self._dirty = False
 
     def _abandon(self) -> None:
         """Drop a file after a failed write: it keeps its hidden name and `recover` salvages
         its complete batches; the next write starts a new file."""
         log.error("audit: abandoning %s after a failed write", self._part)
-        try:
-            if self._sink is not None:
-                self._sink.close()
-        except Exception:                      # pragma: no cover - best effort
-            pass
-        self._writer = self._sink = self._part = self._final = None
+        _close_quietly(self._sink, self._file)
+        self._writer = self._sink = self._file = self._part = self._final = None
         self._dirty = False
+
+    # -- fsync, and the writer's thread -----------------------------------------------------
+
+    def _sync_current(self, *, due_only: bool) -> bool:
+        """fsync the directories of new files, then the current file if it has unsynced rows
+        (and, with due_only, its last fsync is older than the interval by `clock`). The
+        descriptor is duplicated under the lock and synced outside it: a rotation meanwhile
+        closes the writer's descriptor, not this one. Returns whether the file was synced."""
+        if self.fsync_interval_ns is None:
+            return False
+        with self._lock:
+            dirs, self._dirs = self._dirs, []
+            fd = None
+            if self._sink is not None and self._dirty and not (
+                    due_only and self.clock() - self._last_fsync_ns < self.fsync_interval_ns):
+                fd = os.dup(self._file.fileno())
+                self._dirty = False
+                self._last_fsync_ns = self.clock()
+        try:
+            for d in dirs:
+                _fsync_dir(d)
+            if fd is not None:
+                os.fsync(fd)
+        except BaseException:
+            with self._lock:                   # try again next time
+                self._dirs[:0] = dirs
+                self._dirty = self._dirty or fd is not None
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if fd is None:
+            return False
+        with self._lock:
+            self.fsyncs += 1
+        return True
+
+    def _finish_seals(self) -> None:
+        """Seal the files rotation handed over, in order: footer, fsync, rename, fsync of the
+        directory. A crash half way leaves the hidden `.part` name, for `recover`."""
+        while True:
+            with self._lock:
+                if not self._seals:
+                    return
+                seal = self._seals[0]
+            renamed = False
+            try:
+                seal.writer.close()
+                seal.sink.flush()
+                os.fsync(seal.file.fileno())
+                seal.sink.close()
+                os.replace(seal.part, seal.final)
+                renamed = True
+                _fsync_dir(seal.final.parent)
+            except BaseException as e:
+                log.error("audit: sealing %s failed: %s", seal.part, e)
+                _close_quietly(seal.sink, seal.file)
+                with self._lock:
+                    self._seals.pop(0)
+                    if not renamed:            # it stays hidden, for recover()
+                        self.files.remove(seal.final)
+                    self._error = self._error or e
+                continue
+            with self._lock:
+                self._seals.pop(0)
+                self.fsyncs += 1
+
+    def _run(self) -> None:
+        """The writer's thread: every fsync_interval_s (or at once when woken by a rotation
+        or `close`), seal the rotated files, then fsync the current file if rows were written
+        since the last fsync. On close, it seals and syncs directories only: `close` seals the
+        current file itself."""
+        interval_s = min(self.fsync_interval_ns / _NS, threading.TIMEOUT_MAX)
+        while True:
+            self._wake.wait(interval_s)
+            self._wake.clear()
+            stopping = self._stopping
+            self._finish_seals()
+            try:
+                if stopping:
+                    with self._lock:
+                        dirs, self._dirs = self._dirs, []
+                    for d in dirs:
+                        _fsync_dir(d)
+                else:
+                    self._sync_current(due_only=False)
+            except BaseException as e:         # raised by the writer's next call
+                log.error("audit: fsync of %s failed: %s", self._part, e)
+                with self._lock:
+                    self._error = self._error or e
+            if stopping:
+                return
+
+    def _raise_deferred(self) -> None:
+        """Raise (once) a failure of the writer's thread: an fsync or a seal that failed."""
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+@dataclass
+class _Seal:
+    """A rotated file waiting for the writer's thread: its footer, fsync and rename."""
+    writer: ipc.RecordBatchFileWriter
+    sink: pa.BufferedOutputStream
+    file: pa.OSFile
+    part: Path
+    final: Path
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sorter import audit
 from sorter.audit import (AUDIT_SCHEMA, AuditLocked, AuditWriter, audit_files, read_audit,
@@ -199,6 +201,145 @@ def test_empty_batch_writes_nothing(tmp_path):
         assert w.write_decisions(ev, 0, dec, 0, NAMES, "v") == 0
     assert audit_files(tmp_path) == []
     assert read_audit(tmp_path).num_rows == 0
+
+
+# ------------------------------------------------------------------------ fast-path columns
+
+
+def reference_batch(events: EventBatch, seq, decisions: Decisions, decision_seq,
+                    destination_names, plan_version, now_ns, latency_ns) -> pa.RecordBatch:
+    """The record batch of a write_decisions call built the plain way (pa.array from Python
+    and numpy values, pyarrow.compute take, reads decoded one by one in Python): what the
+    writer's buffer-level construction must equal."""
+    n = len(events)
+    scalar = np.isscalar
+    now = np.full(n, now_ns, np.int64) if scalar(now_ns) else np.asarray(now_ns, np.int64)
+    dseq = (np.arange(decision_seq, decision_seq + n, dtype=np.uint64) if scalar(decision_seq)
+            else np.asarray(decision_seq, np.uint64))
+    latency = (now - events.ts_ns if latency_ns is None
+               else np.full(n, latency_ns, np.int64) if scalar(latency_ns)
+               else np.asarray(latency_ns, np.int64))
+
+    def text(b: bytes) -> str:
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return b.decode("latin-1")
+
+    names = destination_names
+    table = pa.array(names.to_pylist() if isinstance(names, pa.Array) else list(names),
+                     pa.string())
+    dest = np.asarray(decisions.destination, np.int32)
+    destination = pa.concat_arrays([table, pa.nulls(1, pa.string())]).take(
+        pa.array(np.where(dest < 0, len(table), dest)))
+    columns = [
+        pa.array(now, pa.timestamp("ns", tz="UTC")),
+        pa.array(events.scanner_ids, pa.uint16()),
+        pa.array(events.parcel_ids, pa.uint64()),
+        pa.array(np.full(n, seq, np.uint64) if scalar(seq) else np.asarray(seq, np.uint64)),
+        pa.array(dseq),
+        pa.array([[text(r) for r in events.reads(i)] for i in range(n)],
+                 pa.list_(pa.string())),
+        pa.array(decisions.chute, pa.uint16()),
+        pa.DictionaryArray.from_arrays(pa.array(decisions.reason.astype(np.int8)),
+                                       audit.REASON_DICTIONARY),
+        destination,
+        pa.array([plan_version] * n, pa.string()),
+        pa.array(latency, pa.int64()),
+        pa.array(events.recirculations, pa.uint8()),
+        pa.nulls(n, pa.binary()),
+        pa.nulls(n, pa.string()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=AUDIT_SCHEMA)
+
+
+GARBAGE_READS = [b"RR123456785KZ", "Алматы".encode(), b"\xff\xfe\x00junk", b"caf\xc3\xa9",
+                 b"\xef\xbf\xbd", b"\xc3", b"\xe2\x82", b"\x80", b""]
+SHARED_NAMES = pa.array(["ALMATY", "ASTANA", "ШЫМКЕНТ"])   # one object: cached by the writer
+
+
+@st.composite
+def decision_calls(draw):
+    """Arguments of one write_decisions call: a lone event or many, garbage reads,
+    destinations -1 (or other negatives), every scalar-or-vector form."""
+    n = draw(st.one_of(st.just(1), st.integers(1, 8), st.integers(1, 300)))
+    vec = lambda elements: st.lists(elements, min_size=n, max_size=n)   # noqa: E731
+    read = st.one_of(st.sampled_from(GARBAGE_READS), st.binary(max_size=12))
+    reads = draw(vec(st.lists(read, max_size=3)))
+    names = draw(st.one_of(
+        st.just(SHARED_NAMES),
+        st.lists(st.text(max_size=10), max_size=5),
+        st.lists(st.text(max_size=10), max_size=5).map(lambda x: pa.array(x, pa.string()))))
+    k = len(names)
+    u64 = st.integers(0, 2**64 - 1)
+    ev = EventBatch.from_reads(
+        reads, parcel_ids=np.array(draw(vec(u64)), np.uint64),
+        scanner_ids=np.array(draw(vec(st.integers(0, 65535))), np.uint16),
+        ts_ns=np.array(draw(vec(st.integers(T0 - 10 * NS, T0))), np.int64),
+        recirculations=np.array(draw(vec(st.integers(0, 255))), np.uint8))
+    dest = st.one_of(st.just(-1), st.integers(-5, -1), st.integers(0, k - 1)) if k else \
+        st.integers(-3, -1)
+    dec = Decisions(chute=np.array(draw(vec(st.integers(0, 65535))), np.uint16),
+                    reason=np.array(draw(vec(st.integers(0, len(REASONS) - 1))), np.uint8),
+                    destination=np.array(draw(vec(dest)), np.int32))
+
+    def scalar_or_vector(elements, dtype):
+        return draw(st.one_of(elements, vec(elements).map(lambda x: np.array(x, dtype))))
+
+    return dict(
+        events=ev, decisions=dec, destination_names=names,
+        seq=scalar_or_vector(u64, np.uint64),
+        decision_seq=draw(st.one_of(st.integers(0, 2**62),
+                                    vec(u64).map(lambda x: np.array(x, np.uint64)))),
+        plan_version=draw(st.one_of(st.none(), st.sampled_from(["2026.5.1", "v2"]),
+                                    st.text(max_size=8))),
+        now_ns=scalar_or_vector(st.integers(T0, T0 + 3600 * NS), np.int64),
+        latency_ns=draw(st.one_of(st.none(), st.integers(-2**40, 2**40),
+                                  vec(st.integers(-2**40, 2**40)).map(np.array))))
+
+
+@pytest.fixture(scope="module")
+def batch_writer(tmp_path_factory):
+    with AuditWriter(tmp_path_factory.mktemp("fast"), fsync_interval_s=None) as w:
+        yield w
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.data_too_large])
+@given(call=decision_calls())
+def test_fast_columns_equal_reference(batch_writer, call):
+    """The columns built from the numpy buffers equal the plain construction, whatever the
+    batch (one writer for every example: its caches see every sequence of sizes and names)."""
+    expected = reference_batch(**call)
+    got, first_seq, first_ns = batch_writer._decision_batch(**call)
+    got.validate(full=True)
+    assert got.schema.equals(AUDIT_SCHEMA, check_metadata=True)
+    for name, a, b in zip(AUDIT_SCHEMA.names, got.columns, expected.columns):
+        assert a.equals(b), (name, a, b)
+    assert first_seq == expected.column("decision_seq")[0].as_py()
+    assert first_ns == expected.column("ts").cast(pa.int64())[0].as_py()
+    assert batch_writer.write_decisions(**call) == len(call["events"])
+
+
+def test_fast_columns_many_rows(tmp_path):
+    n = 70_000
+    rng = np.random.default_rng(3)
+    reads = [[GARBAGE_READS[j] for j in rng.integers(0, len(GARBAGE_READS), rng.integers(0, 3))]
+             for _ in range(n)]
+    ev = EventBatch.from_reads(reads, parcel_ids=rng.integers(0, 2**63, n, dtype=np.uint64),
+                               scanner_ids=rng.integers(0, 65536, n),
+                               ts_ns=np.full(n, T0 - 5, np.int64),
+                               recirculations=rng.integers(0, 256, n))
+    dec = Decisions(chute=rng.integers(0, 65536, n).astype(np.uint16),
+                    reason=rng.integers(0, len(REASONS), n).astype(np.uint8),
+                    destination=rng.integers(-1, 3, n).astype(np.int32))
+    call = dict(events=ev, seq=7, decisions=dec, decision_seq=10, destination_names=NAMES,
+                plan_version="v", now_ns=T0, latency_ns=None)
+    with AuditWriter(tmp_path) as w:
+        got, _, _ = w._decision_batch(**call)
+        assert got.equals(reference_batch(**call))
+        w.write_decisions(**call)
+    assert read_audit(tmp_path).equals(pa.Table.from_batches([reference_batch(**call)]))
 
 
 # -------------------------------------------------------------------------------- rotation
@@ -556,6 +697,59 @@ def test_sigkill_mid_stream(tmp_path):
     assert read_audit(root).equals(before)
 
 
+STUCK_CHILD = r"""
+import os, sys, threading, time, numpy as np
+from sorter.audit import AuditWriter
+from sorter.events import EventBatch, Decisions
+real = os.fsync
+
+def stuck(fd):                          # the disk never answers the writer's thread
+    if threading.current_thread().name == "audit-fsync":
+        time.sleep(3600)
+    real(fd)
+
+os.fsync = stuck
+w = AuditWriter(sys.argv[1], fsync_interval_s=1000, rotate_bytes=20_000)
+seq = 0
+for i in range(40):
+    reads = [[b"RR%09dKZ" % (seq + j)] for j in range(50)]
+    dec = Decisions(np.ones(50, np.uint16), np.zeros(50, np.uint8), np.zeros(50, np.int32))
+    w.write_decisions(EventBatch.from_reads(reads), i, dec, seq, ["A"], "v",
+                      now_ns=int(sys.argv[2]) + i)
+    seq += 50
+print(seq, len(w.files), flush=True)
+time.sleep(3600)
+"""
+
+
+def test_sigkill_while_the_thread_seals(tmp_path):
+    """Killed while rotated files wait for the thread (the first one with its footer written,
+    stuck in its fsync; the others not started): every file is still hidden, and recover()
+    seals them all, keeping every row written."""
+    root = tmp_path / "audit"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_CHILD, str(root), str(T0)],
+                            stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        rows, rotated = map(int, proc.stdout.readline().split())
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rows == 2000 and rotated > 3
+    assert files_in(root) == []                        # nothing sealed: all hidden
+    hidden = audit_files(root)                         # in write order
+    assert all(p.name.endswith(".arrow.part") for p in hidden)
+    assert len(hidden) in (rotated, rotated + 1)       # + the current file, if any
+    assert [audit._has_footer(p) for p in hidden[:2]] == [True, False]
+    assert read_audit(root).column("decision_seq").to_pylist() == list(range(rows))
+    recs = recover_files(root)
+    assert [r.source for r in recs] == hidden and not any(r.torn_tail for r in recs)
+    assert not any(root.rglob("*.part"))
+    assert pads.dataset(root, format="arrow", partitioning="hive").count_rows() == rows
+    assert read_audit(root).column("decision_seq").to_pylist() == list(range(rows))
+
+
 # --------------------------------------------------------------------------------- fsync
 
 
@@ -589,19 +783,174 @@ def test_fsync_every_batch(tmp_path, fsyncs):
 
 
 def test_fsync_interval(tmp_path, fsyncs):
+    """interval > 0: writes and tick() never fsync (the writer's thread does, see below);
+    maybe_fsync() syncs when the last fsync is older than the interval by the clock. The
+    thread wakes every 1000 s here: it stays out of the way."""
     clock = Clock()
-    w = AuditWriter(tmp_path, fsync_interval_s=1.0, clock=clock)
-    write_20(w, clock, 0.25)                           # 5 s of writes
-    assert fsyncs.count("file") == 5
-    clock.advance(0.5)
+    w = AuditWriter(tmp_path, fsync_interval_s=1000, rotate_seconds=None, clock=clock)
+    write_20(w, clock, 250)                            # 5000 s of writes
+    w.tick()
+    assert fsyncs == []                                # not even the new directories
+    assert w.maybe_fsync()                             # unsynced, and old enough
+    assert fsyncs == ["dir", "dir", "file"]            # partition and root, then the file
+    clock.advance(500)
     assert not w.maybe_fsync()                         # nothing new since the last one
     write(w, batch(1, start=100), 100)
     assert not w.maybe_fsync()                         # unsynced, but not old enough
-    clock.advance(0.6)
-    assert w.maybe_fsync()                             # the timer catches a quiet line
-    assert fsyncs.count("file") == 6
+    clock.advance(600)
+    assert w.maybe_fsync()
+    assert fsyncs.count("file") == 2
     w.close()
-    assert fsyncs.count("file") == 7
+    assert fsyncs.count("file") == 3                   # + the footer on close
+    assert fsyncs.count("dir") == 3                    # + the rename
+
+
+@pytest.fixture
+def fsync_threads(monkeypatch):
+    """os.fsync, recording (kind, name of the calling thread)."""
+    calls = []
+    real = os.fsync
+
+    def fake(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        calls.append((kind, threading.current_thread().name))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fake)
+    return calls
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_background_fsync(tmp_path, fsync_threads):
+    """The writer's thread fsyncs what was written within the interval, without a write call;
+    nothing while nothing was written; close() joins it."""
+    main = threading.current_thread().name
+    w = AuditWriter(tmp_path, fsync_interval_s=0.02)
+    thread = w._thread
+    assert thread.is_alive() and thread.daemon
+    files = lambda: [c for c in fsync_threads if c[0] == "file"]     # noqa: E731
+    time.sleep(0.1)
+    assert fsync_threads == []                         # no file yet: nothing to sync
+    write(w, batch(5), 0, now_ns=T0)
+    wait_for(lambda: len(files()) == 1)
+    assert files() == [("file", "audit-fsync")] and w.fsyncs == 1
+    # the new file's directory entries were synced by the thread, before the file
+    assert fsync_threads[:2] == [("dir", "audit-fsync")] * 2
+    time.sleep(0.2)                                    # ten intervals, nothing written
+    assert len(files()) == 1
+    write(w, batch(5, start=5), 5, now_ns=T0 + 1)
+    wait_for(lambda: len(files()) == 2)
+    assert files()[-1] == ("file", "audit-fsync")
+    assert not any(t == main for _, t in fsync_threads)   # writes never fsync
+    w.close()
+    assert not thread.is_alive()
+    assert thread not in threading.enumerate()
+    assert files()[-1] == ("file", main)               # the footer, by close()
+    n = len(fsync_threads)
+    time.sleep(0.1)
+    assert len(fsync_threads) == n
+    assert read_audit(tmp_path).num_rows == 10
+
+
+def test_writes_do_not_wait_for_a_slow_disk(tmp_path, monkeypatch):
+    """While the thread is stuck in an fsync (a slow disk), writes go on, rotations included:
+    the rotated files wait for the thread, which seals them (footer, fsync, rename) in order
+    once the disk answers; the files are complete and named as inline sealing names them."""
+    real = os.fsync
+    entered, release = threading.Event(), threading.Event()
+    callers = []
+
+    def slow(fd):
+        callers.append(threading.current_thread().name)
+        if threading.current_thread().name == "audit-fsync":
+            entered.set()
+            assert release.wait(30)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow)
+    w = AuditWriter(tmp_path, fsync_interval_s=0.01, rotate_bytes=20_000)
+    write(w, batch(50), 0, now_ns=T0)
+    assert entered.wait(10)                            # the thread is in the disk now
+    for i in range(1, 40):
+        write(w, batch(50, start=50 * i), 50 * i, now_ns=T0 + i)
+    assert threading.current_thread().name not in callers
+    assert len(w.files) > 3                            # rotated, handed to the thread
+    assert all(not f.exists() for f in w.files)        # ... not sealed yet
+    hidden = set(tmp_path.rglob("_*.arrow.part"))
+    assert hidden == {f.with_name(f"_{f.name}.part") for f in w.files} | (
+        {w.path} if w.path else set())
+    release.set()
+    wait_for(lambda: all(f.exists() for f in w.files))
+    w.close()
+    assert not any(tmp_path.rglob("*.part"))
+    assert files_in(tmp_path) == sorted(w.files)
+    for f in w.files:
+        t = ipc.open_file(f).read_all()
+        assert f.name == f"decisions-100000-{t.column('decision_seq')[0].as_py()}.arrow"
+    assert read_audit(tmp_path).column("decision_seq").to_pylist() == list(range(2000))
+
+
+def test_background_failure_is_raised_by_the_next_write(tmp_path, monkeypatch):
+    """A seal that fails in the thread (here its rename) leaves the file hidden, with its
+    footer, for recover(); the error is raised by the next write, which writes nothing; the
+    writer goes on after that."""
+    real = os.replace
+    failures = []
+
+    def failing_once(src, dst):
+        if threading.current_thread().name == "audit-fsync" and not failures:
+            failures.append(src)
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_once)
+    w = AuditWriter(tmp_path, fsync_interval_s=0.01, rotate_bytes=4000)
+    write(w, batch(30), 0, now_ns=T0)                  # rotates: a seal for the thread
+    assert w.path is None
+    wait_for(lambda: w._error is not None)
+    assert w.files == []                               # not sealed after all
+    with pytest.raises(OSError, match="Input/output"):
+        write(w, batch(30, start=30), 30, now_ns=T0 + 1)
+    write(w, batch(30, start=60), 60, now_ns=T0 + 2)   # raised once: the writer goes on
+    w.close()
+    assert [f.name for f in w.files] == ["decisions-100000-60.arrow"]
+    hidden = list(tmp_path.rglob("_*.arrow.part"))
+    assert hidden == failures
+    assert ipc.open_file(hidden[0]).read_all().num_rows == 30     # complete, footer included
+    (r,) = recover_files(tmp_path)
+    assert r.source == hidden[0] and r.rows == 30 and not r.torn_tail
+    assert r.path.name == "decisions-100000-0.arrow"
+    assert read_audit(tmp_path).column("decision_seq").to_pylist() == (
+        list(range(30)) + list(range(60, 90)))
+
+
+def test_failed_background_fsync_is_raised_once(tmp_path, monkeypatch):
+    real = os.fsync
+    fail = threading.Event()
+    fail.set()
+
+    def flaky(fd):
+        if threading.current_thread().name == "audit-fsync" and fail.is_set():
+            fail.clear()
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky)
+    w = AuditWriter(tmp_path, fsync_interval_s=0.01)
+    write(w, batch(3), 0, now_ns=T0)
+    wait_for(lambda: not fail.is_set())
+    wait_for(lambda: w._error is not None)
+    with pytest.raises(OSError, match="Input/output"):
+        write(w, batch(3, start=3), 3, now_ns=T0 + 1)
+    write(w, batch(3, start=6), 6, now_ns=T0 + 2)
+    w.close()
+    assert read_audit(tmp_path).column("decision_seq").to_pylist() == [0, 1, 2, 6, 7, 8]
 
 
 def test_fsync_never(tmp_path, fsyncs):
