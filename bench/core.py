@@ -7,7 +7,9 @@ once (bench/synthetic.py), compiles the plan, then
    `ReferenceRouter` (same plan, same chute states) and checks that chute, reason and
    destination agree event by event (the run fails if not); the reference run is timed;
 2. routes all events through the core in one call, `--repeats` times after one warm-up call
-   (best and median), and again in batches of 65,536 (`--batch`);
+   (best and median), and again in batches of 1, 16, 256, 4,096 and 65,536 events per call
+   (`--batch`), to show the per-call overhead (at most `--max-calls` calls per size: the
+   small sizes route the first events only);
 3. profiles: `sorter._core.decode_reads` alone over every read, and the core per event
    category (S10, GS1, bare postcode, ...).
 
@@ -29,13 +31,15 @@ from bench.synthetic import (CATEGORIES, CATEGORY_WEIGHTS, make_chute_states,
 from sorter import _core
 from sorter.codes import REASONS
 from sorter.countries import alpha2_to_numeric
+from sorter.events import EventBatch
 from sorter.reference import ReferenceRouter
 from sorter.router import Router
 
 DEFAULTS = {"events": 1_000_000, "manifest_rows": 1_000_000, "prefixes": 5_000, "chutes": 200,
             "reference_events": 100_000}
 QUICK_SCALED = ("events", "manifest_rows", "prefixes", "reference_events")
-DEFAULT_BATCHES = (65_536,)
+DEFAULT_BATCHES = (1, 16, 256, 4096, 65_536)
+MAX_CALLS = 50_000                     # per batch size (quick: a tenth)
 GOALS = {"core_events_per_s": 5_000_000, "ratio": 20}
 AIMS = {"core_events_per_s": 10_000_000, "ratio": 30}
 
@@ -51,7 +55,12 @@ def add_arguments(parser) -> None:
     g.add_argument("--repeats", type=int, default=5,
                    help="timed repetitions of each core measurement (default 5)")
     g.add_argument("--batch", type=_count, action="append", metavar="N",
-                   help="also route in batches of N events (repeatable; default 65536)")
+                   help="also route in batches of N events (repeatable; default 1, 16, 256, "
+                        "4096 and 65536)")
+    g.add_argument("--max-calls", type=_count,
+                   help=f"at most this many calls per batch size ({MAX_CALLS:,}; quick "
+                        f"{MAX_CALLS // QUICK_FACTOR:,}): small batches route the first "
+                        f"events only")
     g.add_argument("--no-profile", action="store_true",
                    help="skip the decode-only and per-category measurements")
 
@@ -125,9 +134,23 @@ def _dest_name(plan, d: int):
     return plan.destinations[d].name if 0 <= d < len(plan.destinations) else d
 
 
-def _slices(batch, size: int) -> list:
-    n = len(batch)
-    return [take(batch, np.arange(s, min(s + size, n))) for s in range(0, n, size)]
+def _slices(batch, size: int, limit: int | None = None) -> list[EventBatch]:
+    """The first `limit` events (default all) as consecutive batches of `size` events, built
+    before the clock: views of the columns and of the reads' offsets, event offsets rebased
+    (a small copy each), the data buffer shared. The core reads only its batch's reads, so a
+    call costs what routing a message of that many events costs."""
+    n = len(batch) if limit is None else min(len(batch), limit)
+    eo = batch.event_offsets
+    out = []
+    for s in range(0, n, size):
+        e = min(s + size, n)
+        r0, r1 = int(eo[s]), int(eo[e])
+        out.append(EventBatch(
+            parcel_ids=batch.parcel_ids[s:e], scanner_ids=batch.scanner_ids[s:e],
+            ts_ns=batch.ts_ns[s:e], recirculations=batch.recirculations[s:e],
+            event_offsets=eo[s:e + 1] - eo[s], read_offsets=batch.read_offsets[r0:r1 + 1],
+            data=batch.data))
+    return out
 
 
 def run(args) -> dict:
@@ -171,15 +194,21 @@ def run(args) -> dict:
     decisions = router.route(events)
     full = _rate(n, _timed(lambda: router.route(events), repeats))
     batched = {}
+    max_calls = args.max_calls or (max(1, MAX_CALLS // QUICK_FACTOR) if args.quick else MAX_CALLS)
     for size in batch_sizes:
-        parts = _slices(events, size)
+        parts = _slices(events, size, size * max_calls)
+        n_part = sum(len(x) for x in parts)
 
         def route_all(parts=parts):
+            route = router.route
             for part in parts:
-                router.route(part)
+                route(part)
 
         route_all()
-        batched[str(size)] = {"batches": len(parts), **_rate(n, _timed(route_all, repeats))}
+        r = _rate(n_part, _timed(route_all, repeats))
+        batched[str(size)] = {"batch": size, "batches": len(parts), "events": n_part,
+                              "us_per_call": r["best_s"] * 1e6 / len(parts), **r}
+        del parts
 
     # 3. Where the time goes.
     profile = None
@@ -245,7 +274,7 @@ def run(args) -> dict:
         "core_build": _core_build(),
         "params": {
             "seed": seed, "quick": bool(args.quick), "repeats": repeats,
-            "batch_sizes": batch_sizes, **sizes,
+            "batch_sizes": batch_sizes, "max_calls": max_calls, **sizes,
             "event_mix": dict(zip(CATEGORIES, CATEGORY_WEIGHTS)),
             "event_counts": {name: int((labels == k).sum()) for k, name in enumerate(CATEGORIES)},
             "chute_states": {s: sum(1 for v in states.values() if v == s)
@@ -272,6 +301,7 @@ def _si(x: float | None, unit: str = "") -> str:
 def report(r: dict) -> str:
     p = r["params"]
     one = r["core"]["one_call"]
+    n_all = r["events"]
     row = "  {:<30}{:>10}{:>10}{:>14}{:>10}"
     lines = [
         f"bench core: seed {p['seed']}{' (quick)' if p['quick'] else ''}, {r['events']:,} events "
@@ -285,9 +315,12 @@ def report(r: dict) -> str:
                    _si(one["events_per_s"]), f"{one['ns_per_event']:.1f}"),
     ]
     for size, b in r["core"]["batched"].items():
-        lines.append(row.format(f"core, batches of {int(size):,}", f"{b['best_s'] * 1e3:.1f}",
+        label = f"core, {int(size):,}/call" + (f" ({b['events']:,} ev)" if b.get("events", n_all)
+                                                 != n_all else "")
+        lines.append(row.format(label, f"{b['best_s'] * 1e3:.1f}",
                                 f"{b['median_s'] * 1e3:.1f}", _si(b["events_per_s"]),
-                                f"{b['ns_per_event']:.1f}"))
+                                f"{b['ns_per_event']:.1f}")
+                     + (f"  {b['us_per_call']:.1f} us/call" if "us_per_call" in b else ""))
     ref_rate = r["reference_events_per_s"]
     lines.append(row.format(f"reference, {r['reference_events']:,} events",
                             f"{r['reference_s'] * 1e3:.0f}", "", _si(ref_rate),

@@ -73,8 +73,10 @@ LOOPBACK = "tcp://127.0.0.1:*"
 DEFAULTS = {"rate": 20_000, "duration": 10.0, "warmup": 1.0, "batch": 1,
             "sat_rates": (50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000),
             "sat_batch": 64, "sat_duration": 3.0, "sat_warmup": 0.5, "refine": 1,
-            "pool": 100_000}
+            "pool": 100_000, "sweep_rates": (1_000, 5_000, 10_000, 40_000),
+            "sweep_duration": 3.0, "sweep_warmup": 0.5}
 QUICK = {"duration": 2.0, "warmup": 0.5, "sat_rates": (50_000, 200_000, 800_000),
+         "sweep_rates": (5_000,), "sweep_duration": 1.0, "sweep_warmup": 0.25,
          "sat_duration": 1.0, "sat_warmup": 0.25, "refine": 0, "pool": 20_000}
 GOALS = {"p99_ratio_max": 1.5, "p999_ratio_max": 2.0, "max_sustained_per_s_min": 200_000,
          "e2e_p999_us_max_quiet": 1000}
@@ -114,6 +116,14 @@ def add_arguments(parser) -> None:
     g.add_argument("--sat-rates", type=_rates, metavar="LIST",
                    help="saturation rates, comma-separated (50k,100k,200k,400k,800k,1.6M; "
                         "quick 50k,200k,800k; 'none' skips the phase)")
+    g.add_argument("--sweep-rates", type=_rates, metavar="LIST",
+                   help="more offered rates at the latency phase's batch size, for latency "
+                        "against offered rate (1k,5k,10k,40k; quick 5k; 'none' skips): each "
+                        "system until the first rate it does not sustain")
+    g.add_argument("--sweep-duration", type=_seconds, metavar="S",
+                   help="measured seconds per sweep rate (3; quick 1)")
+    g.add_argument("--sweep-warmup", type=_seconds, metavar="S",
+                   help="unmeasured seconds before each sweep rate (0.5; quick 0.25)")
     g.add_argument("--sat-batch", type=_count, help="events per message when saturating (64)")
     g.add_argument("--sat-duration", type=_seconds, metavar="S",
                    help="measured seconds per saturation step (3; quick 1)")
@@ -155,6 +165,7 @@ def _params(args) -> dict:
             value = QUICK.get(key, default) if args.quick else default
         p[key] = value
     p["sat_rates"] = list(p["sat_rates"])
+    p["sweep_rates"] = list(p["sweep_rates"])
     for key in ("grace", "sustain_fraction", "sustain_p99_ms", "drain_timeout"):
         p[key] = getattr(args, key)
     kinds = ["python"] + [k for k in (args.relay_kind or []) if k != "python"]
@@ -718,10 +729,11 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
     group) are warm-up.
     Medians in microseconds per turn:
 
-    total; drain = the per-message receive loop (recv, peek_header, decode_scan, np.full,
-    appends), concat excluded; decode_scan (part of drain); concat (`concat_batches`); route;
-    audit (`write_decisions`); encode (`encode_decisions`); send; other (the rest of
-    `_decide`: decision_seq, metrics). `per_message_us` / `per_batch_us`: least-squares fit
+    total; drain = the per-message receive loop (recv, appends; with a per-message decoder
+    also `decode_scan`), `decode_scans` and concat excluded; decode_scan = decoding time
+    (`wire.decode_scans`, one call per turn, or the per-message `decode_scan`s); concat
+    (`concat_batches`, 0 when the engine has none); route; audit (`write_decisions`);
+    encode (`encode_decisions`); send; other (the rest of `_decide`: decision_seq, metrics). `per_message_us` / `per_batch_us`: least-squares fit
     total = per_batch + per_message * messages over the one-event-message rows."""
     import dataclasses
 
@@ -741,14 +753,20 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
     pull.setsockopt(zmq.RCVHWM, 0)
     push.connect(engine.endpoints["scans"])
     pull.connect(engine.endpoints["decisions"])
-    saved = {"concat_batches": eng.concat_batches, "encode_decisions": wire.encode_decisions,
-             "decode_scan": wire.decode_scan}
-    timers = {"concat": _Timed(eng.concat_batches), "encode": _Timed(wire.encode_decisions),
-              "route": _Timed(engine.router.route), "audit": _Timed(engine.audit.write_decisions),
-              "decide": _Timed(engine._decide), "decode_scan": _Timed(wire.decode_scan)}
-    eng.concat_batches = timers["concat"]
-    wire.encode_decisions = timers["encode"]
-    wire.decode_scan = timers["decode_scan"]
+    # the engine's stages, wrapped where they exist (the engine decodes every frame of a turn
+    # in one `wire.decode_scans` call; older engines decoded per frame and concatenated)
+    patch = [(eng, "concat_batches", "concat"), (wire, "encode_decisions", "encode"),
+             (wire, "decode_scan", "decode_scan"), (wire, "decode_scans", "decode_scans")]
+    saved, timers = [], {}
+    for module, attr, key in patch:
+        fn = getattr(module, attr, None)
+        if fn is not None:
+            saved.append((module, attr, fn))
+            timers[key] = _Timed(fn)
+            setattr(module, attr, timers[key])
+    timers["route"] = _Timed(engine.router.route)
+    timers["audit"] = _Timed(engine.audit.write_decisions)
+    timers["decide"] = _Timed(engine._decide)
     engine.router.route = timers["route"]
     engine.audit.write_decisions = timers["audit"]
     engine._decide = timers["decide"]
@@ -783,12 +801,17 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                     if turn < warm or got != k:
                         continue
                     ns = {name: t.ns for name, t in timers.items()}
+                    ns.setdefault("concat", 0)
+                    decode = ns.get("decode_scan", 0) + ns.get("decode_scans", 0)
+                    batch_decode = ns.get("decode_scans", 0)   # outside the receive loop
                     samples.append({
-                        "total": total, "drain": total - ns["decide"] - ns["concat"],
-                        "decode_scan": ns["decode_scan"], "concat": ns["concat"],
-                        "route": ns["route"], "audit": ns["audit"], "encode": ns["encode"],
-                        "send": ns["send"], "other": ns["decide"] - ns["route"] - ns["audit"]
-                        - ns["encode"] - ns["send"]})
+                        "total": total,
+                        "drain": total - ns["decide"] - ns["concat"] - batch_decode,
+                        "decode_scan": decode, "concat": ns["concat"],
+                        "route": ns["route"], "audit": ns["audit"],
+                        "encode": ns.get("encode", 0), "send": ns["send"],
+                        "other": ns["decide"] - ns["route"] - ns["audit"]
+                        - ns.get("encode", 0) - ns["send"]})
                 while engine._route_queued():
                     pass
                 while pull.poll(50):
@@ -808,9 +831,8 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                 engine.audit.fsync()
                 fsync_us.append(round((time.perf_counter_ns() - t0) / 1e3, 1))
     finally:
-        eng.concat_batches = saved["concat_batches"]
-        wire.encode_decisions = saved["encode_decisions"]
-        wire.decode_scan = saved["decode_scan"]
+        for module, attr, fn in saved:
+            setattr(module, attr, fn)
         push.close(0)
         pull.close(0)
         ctx.term()
@@ -823,7 +845,11 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
         b, a = np.polyfit([r["messages"] for r in one], [r["total"] for r in one], 1)
         fit = {"per_message_us": round(float(b), 2), "per_batch_us": round(float(a), 1)}
     return {"rows": rows, **fit, "audit_fsync_us": fsync_us, "repeats": repeats,
-            "note": "in-process, back-to-back turns, no competing load; us per turn"}
+            "decoder": "decode_scans (one call per turn)" if "decode_scans" in timers
+            else "decode_scan (per message)",
+            "note": "in-process, back-to-back turns, no competing load; us per turn; "
+                    "drain = the receive loop (decode_scan included when per message, "
+                    "decode_scans excluded)"}
 
 
 def _refined(lo: int, hi: int) -> int:
@@ -882,6 +908,7 @@ def run(args) -> dict:
     problems: list[str] = []
     latency: dict[str, dict] = {}
     sat_rows: list[dict] = []
+    sweep_rows: list[dict] = []
     best: dict[str, int] = {}
     failed: dict[str, int] = {}
     probe_s: dict[str, float] = {}
@@ -940,6 +967,22 @@ def run(args) -> dict:
                            else {"error": err.decode(errors="replace")[-500:]})
         del s
 
+        # 1b. latency against offered rate, same batch size as the latency phase: each system
+        #     until the first rate it does not sustain
+        sweep_failed: set[str] = set()
+        for rate in sorted(x for x in p["sweep_rates"] if x != p["rate"]):
+            todo = [x for x in systems if x not in sweep_failed]
+            if not todo:
+                break
+            s = build_schedule(pool, rate, p["batch"], p["sweep_duration"], p["sweep_warmup"], 0)
+            for system in todo:
+                row = offer(system, s, "sweep")
+                row.pop("hdr", None)
+                sweep_rows.append(row)
+                if not row["sustained"]:
+                    sweep_failed.add(system)
+            del s
+
         # 2. saturation: each system until the first rate it does not sustain, then bisect
         for rate in sorted(p["sat_rates"]):
             todo = [x for x in systems if x not in failed]
@@ -977,7 +1020,8 @@ def run(args) -> dict:
         cmds = {name: proc.cmd for name, proc in procs.items()}
         tmp.cleanup()
 
-    result = _assemble(p, systems, latency, sat_rows, best, failed, engine_status, stop_reply,
+    result = _assemble(p, systems, latency, sat_rows, sweep_rows, best, failed, engine_status,
+                       stop_reply,
                        exits, audit, logs, cmds, probe_s, labels, problems)
     result["engine"]["profile"] = profile
     result["cost_model"] = costs
@@ -991,7 +1035,8 @@ def _ratio(a, b):
     return round(a / b, 3) if a is not None and b else None
 
 
-def _assemble(p, systems, latency, sat_rows, best, failed, engine_status, stop_reply, exits,
+def _assemble(p, systems, latency, sat_rows, sweep_rows, best, failed, engine_status,
+              stop_reply, exits,
               audit, logs, cmds, probe_s, labels, problems) -> dict:
     top = max(p["sat_rates"]) if p["sat_rates"] else None
     r: dict = {"ok": not problems}
@@ -1021,9 +1066,16 @@ def _assemble(p, systems, latency, sat_rows, best, failed, engine_status, stop_r
         "lower_bound": {s: (s not in failed and best.get(s) == top) for s in systems},
         "steps": sat_rows,
     }
+    r["sweep"] = {
+        "batch": p["batch"], "rates": p["sweep_rates"], "duration_s": p["sweep_duration"],
+        "warmup_s": p["sweep_warmup"],
+        "note": "the latency phase is the point at `offered_per_s`; steps holds the others",
+        "steps": sweep_rows,
+    }
     delivery = {}
     for system in systems:
-        rows = [x for x in [latency.get(system)] + sat_rows if x and x["system"] == system]
+        rows = [x for x in [latency.get(system)] + sweep_rows + sat_rows
+                if x and x["system"] == system]
         delivery[system] = {k: sum(x[k] for x in rows) for k in
                             ("events", "received", "missing", "duplicates", "unknown")}
         delivery[system]["runs"] = len(rows)
@@ -1087,6 +1139,12 @@ def report(r: dict) -> str:
                  f"measured after {p['warmup']} s warm-up")
     for x in r["latency"].values():
         lines.append(row(x))
+    sw = r.get("sweep") or {}
+    if sw.get("steps"):
+        lines.append(f"  latency against offered rate: {sw['batch']} event(s) per message, "
+                     f"{sw['duration_s']} s per rate after {sw['warmup_s']} s")
+        for x in sw["steps"]:
+            lines.append(row(x))
     lines.append(f"  engine/relay: p99 {_f(r['p99_ratio'], '{:.2f}')}x (goal <= 1.5), p99.9 "
                  f"{_f(r['p999_ratio'], '{:.2f}')}x (goal <= 2)")
     sat = r["saturation"]
@@ -1120,8 +1178,9 @@ def report(r: dict) -> str:
         k = big["messages"]
         lines.append(
             f"  cost model (one engine turn, in-process, us): per one-event message "
-            f"{(big['total'] - first['total']) / max(1, k - 1):.1f} (concat {big['concat'] / k:.1f}, "
-            f"receive loop {big['drain'] / k:.1f} of which decode_scan {big['decode_scan'] / k:.1f}); "
+            f"{(big['total'] - first['total']) / max(1, k - 1):.1f} (receive loop "
+            f"{big['drain'] / k:.1f}, decode {big['decode_scan'] / k:.1f}, concat "
+            f"{big['concat'] / k:.1f}); "
             f"per turn {first['total']:.0f} (audit {first['audit']:.0f}, route {first['route']:.0f}, "
             f"encode {first['encode']:.0f}, send {first['send']:.0f}, metrics etc. "
             f"{first['other']:.0f}); audit fsync {min(cm['audit_fsync_us']):.0f}-"

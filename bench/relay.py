@@ -48,9 +48,13 @@ def forward(pull: zmq.Socket, push: zmq.Socket) -> tuple[int, int]:
     bytes) when stopped by a signal."""
     recv, send = pull.recv, push.send
     n = nbytes = 0
+    again = zmq.Again
     try:
         while True:
-            frame = recv()
+            try:
+                frame = recv()
+            except again:               # RCVTIMEO: wake up now and then to see a signal
+                continue
             send(frame)
             n += 1
             nbytes += len(frame)
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in (pull, push):
         s.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, args.hwm)
+    # a SIGTERM delivered to one of libzmq's threads does not interrupt a blocked recv in the
+    # main thread: with a receive timeout the loop comes back to Python and runs the handler
+    if args.kind == "python":
+        pull.setsockopt(zmq.RCVTIMEO, 100)
     push.setsockopt(zmq.SNDHWM, args.hwm)
     try:
         pull.bind(args.inp)

@@ -166,3 +166,20 @@ def test_chute_states_block_whole_destinations(small_plan):
     assert set(states.values()) <= {"full", "disabled"}
     assert not set(states) & set(small_plan.special.values())
     assert any(all(states.get(c) for c in d.chutes) for d in small_plan.destinations)
+
+
+def test_batch_views_route_like_one_call(small_plan):
+    from bench.core import DEFAULT_BATCHES, _slices
+    from sorter.router import Router
+
+    assert DEFAULT_BATCHES == (1, 16, 256, 4096, 65_536)
+    events = make_events(small_plan, 3000, seed=8)
+    whole = Router(small_plan).route(events)
+    router = Router(small_plan)                 # round-robin positions carry across calls
+    parts = _slices(events, 7, limit=2000)
+    assert len(parts) == 286 and sum(len(p) for p in parts) == 2000
+    assert parts[3].event_offsets[0] == 0 and parts[3].reads(0) == events.reads(21)
+    got = [router.route(p) for p in parts]
+    for field in ("chute", "reason", "destination"):
+        joined = np.concatenate([getattr(d, field) for d in got])
+        assert np.array_equal(joined, getattr(whole, field)[:2000]), field

@@ -24,6 +24,7 @@ from sorter.plan import load_plan  # noqa: E402
 TINY = ["--rate", "2000", "--duration", "0.5", "--warmup", "0.2", "--sat-rates", "4000,8000",
         "--sat-batch", "16", "--sat-duration", "0.4", "--sat-warmup", "0.1", "--refine", "0",
         "--pool", "2000", "--grace", "0.5", "--no-cost-model", "--relay-kind", "zmq-proxy",
+        "--sweep-rates", "3000", "--sweep-duration", "0.3", "--sweep-warmup", "0.1",
         "--seed", "3"]
 KEYS = ("offered_per_s", "e2e_p50_us", "e2e_p99_us", "e2e_p999_us", "relay_p50_us",
         "relay_p99_us", "relay_p999_us", "max_sustained_per_s", "relay_max_per_s",
@@ -71,9 +72,12 @@ def test_every_offered_event_came_back_exactly_once(engine_run):
         assert mine and mine[0]["offered_per_s"] == 4000 and mine[0]["batch"] == 16
         for x in mine:
             assert x["received"] == x["events"] and x["missing"] == 0 and x["duplicates"] == 0
+        swept = [x for x in r["sweep"]["steps"] if x["system"] == system]
+        assert [(x["offered_per_s"], x["batch"], x["events"]) for x in swept] == [(3000, 1, 1200)]
+        assert swept[0]["received"] == 1200 and swept[0]["p999_us"] is not None
         d = r["delivery"][system]
         assert d["events"] > 0 and d["received"] == d["events"] and d["missing"] == 0
-        assert d["runs"] == 1 + len(mine)
+        assert d["runs"] == 1 + len(mine) + len(swept)
 
 
 def test_engine_decided_audited_and_exited_cleanly(engine_run):
@@ -163,3 +167,17 @@ def test_cost_model_measures_every_stage(tmp_path):
             assert row[key] is not None, key
         assert row["total"] > 0 and row["audit"] > 0 and row["route"] > 0
     assert "per_message_us" in cm and len(cm["audit_fsync_us"]) == 3
+
+
+def test_engine_figures_and_latency_plot(engine_run, tmp_path):
+    from bench import figures, plots
+
+    _, r = engine_run
+    rows = figures.rows({"suites": {"engine": r}})
+    names = [x["figure"] for x in rows]
+    assert "engine latency at 2,000/s, 1 event/message" in names
+    assert "engine p99 against offered rate, 1 event/message" in names
+    assert any(n.startswith("engine max sustained") for n in names)
+    paths = plots.draw({"engine": r}, tmp_path / "e-")
+    assert [p.name for p in paths] == ["e-engine_latency.png"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
