@@ -21,7 +21,7 @@ test: build
 	$(BIN)/python -m pytest
 
 bench: build
-	$(BIN)/python -m bench core --json bench/out/core.json
+	$(BIN)/python -m bench --json bench/out/full.json --plot bench/plots
 
 # HTML view of what in the core still touches Python (yellow lines).
 annotate: $(BIN)/python

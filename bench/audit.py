@@ -1,5 +1,6 @@
 """`python -m bench audit`: Arrow audit rows/s for the engine's schema, by batch size, fsync
-off, at the engine's default interval (1 s) and after every batch.
+off, at the engine's default interval (1 s: the writer's thread fsyncs, writes do not wait)
+and after every batch (inside each `write_decisions` call).
 
 What is timed is `sorter.audit.AuditWriter.write_decisions`, the call the engine makes for
 every batch it routes: the Arrow arrays are built from the batch's numpy columns (reads as
