@@ -22,7 +22,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 __all__ = [
     "CONTROL_NAMES", "FIELD_NAMES", "CODE_FIELD_NAMES", "PARCEL_ANOMALIES", "PRESET_DIR",
@@ -70,7 +70,7 @@ def decode_escapes(text: str) -> bytes:
         return chr(CONTROL_NAMES[name]) if name in CONTROL_NAMES else m.group(0)
     try:
         return _TOKEN.sub(sub, text).encode("latin-1")
-    except UnicodeEncodeError as e:
+    except UnicodeEncodeError:
         raise ValueError(f"{text!r}: only Latin-1 characters and <NAME> tokens are allowed") from None
 
 

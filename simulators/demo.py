@@ -12,11 +12,9 @@ real telegrams from a real TCP socket, every decision lands in the Arrow audit.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -6,7 +6,7 @@ arguments works. docs/engine.md lists every key.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 

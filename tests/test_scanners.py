@@ -14,10 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
