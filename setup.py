@@ -14,7 +14,8 @@ def _ext(name: str) -> Extension:
 
 
 # _core: decode, resolve, route. _wire: the binary wire protocol, parsed into columns.
-extensions = [_ext("_core"), _ext("_wire")]
+# _audit: audit record batches as Arrow IPC messages.
+extensions = [_ext("_core"), _ext("_wire"), _ext("_audit")]
 
 setup(
     ext_modules=cythonize(

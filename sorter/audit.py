@@ -8,7 +8,11 @@ Layout (see docs/audit.md)::
 
 `AuditWriter` writes one record batch per call and hands it to the OS before returning (one
 `write(2)` of the serialized batch), so a decision whose `write_decisions` call returned
-survives SIGKILL; fsync per policy bounds what a power loss can take, and with an interval the
+survives SIGKILL. The files are standard Arrow IPC files, but their bytes are laid out here
+(`_IpcFile`): pyarrow serializes the schema and dictionary once, the compiled
+`sorter._audit.DecisionEncoder` encodes each decision batch (pyarrow's batch assembly cost
+~80 us per one-event batch, the engine's largest fixed cost per turn), and the footer is built
+from the recorded block positions when the file is sealed; fsync per policy bounds what a power loss can take, and with an interval the
 writer's own thread fsyncs and seals rotated files, so writes never wait for the disk. A file
 is written under a hidden name (leading `_`, suffix `.part`: `pyarrow.dataset` skips names
 starting with `_`, a `**/*.arrow` glob skips the suffix) and renamed to its final name once
@@ -22,6 +26,7 @@ import fcntl
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -32,8 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from . import _audit
 from .codes import MALFORMED, REASONS
-from .events import Decisions, EventBatch
+from .events import Decisions, EventBatch, arrow_offsets_data
 
 __all__ = ["AUDIT_SCHEMA", "REASON_DICTIONARY", "AuditWriter", "AuditLocked", "Recovery",
            "recover", "recover_files", "read_audit", "audit_files"]
@@ -75,10 +81,6 @@ _LOCK_NAME = "_writer.lock"
 _PART_SUFFIX = ".part"
 _IPC_MAGIC = b"ARROW1"
 _STREAM_START = 8          # 6-byte magic + 2 bytes of padding, then the embedded IPC stream
-# Each batch is serialized into a buffer and flushed with one write(2) (the IPC writer makes
-# ~30 small writes per batch; to an unbuffered file each was a syscall). Larger pieces go
-# straight to the file.
-_BUFFER_BYTES = 1 << 16
 _NAME_RE = re.compile(r"^_?decisions-(\d{6})-(\d+)(?:-(\d+))?\.arrow(?:\.part)?$")
 
 
@@ -225,6 +227,11 @@ class _Repeat:
         return last
 
 
+# what `_audit.DecisionEncoder.encode` takes: scanner_ids, parcel_ids, seq, event_offsets,
+# read_offsets, data, chute, reason, destination, ts_ns, recirculations
+_ENCODER_DTYPES = (np.uint16, np.uint64, np.uint64, np.int32, np.int32, np.uint8, np.uint16,
+                   np.uint8, np.int32, np.int64, np.uint8)
+
 # Arrow's take kernel, called directly: `Array.take` goes through pyarrow.compute's Python
 # wrapper, which costs as much again for a small batch
 _TAKE = pc.get_function("array_take")
@@ -245,6 +252,8 @@ class _Destinations:
         if arr.type != pa.string():
             arr = arr.cast(pa.string())
         self.count = len(arr)
+        # for the compiled encoder: int32 offsets from 0 and the UTF-8 bytes of the names
+        self.offsets, self.data = arrow_offsets_data(arr)
         # the null at index `count` stands for every negative index
         self.table = pa.concat_arrays([arr, pa.nulls(1, pa.string())])
         self._one_row: dict[int, pa.Array] = {}
@@ -275,6 +284,131 @@ class _Destinations:
 
 
 # --------------------------------------------------------------------------------------------
+# the file: Arrow IPC file format, laid out here
+#
+#   "ARROW1\0\0" | schema message | dictionary message (reasons) | record batch messages ...
+#   | end-of-stream marker | footer flatbuffer | int32 footer length | "ARROW1"
+#
+# Everything between the magic and the footer is an IPC stream (what `_salvage` reads after a
+# crash). The schema and dictionary messages are pyarrow's own bytes; record batches come from
+# `_audit.DecisionEncoder` or from `RecordBatch.serialize()`; the footer repeats the schema and
+# lists the position of every message (`Block`), see `_footer`.
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def _u16(b, at: int) -> int:
+    return int.from_bytes(b[at:at + 2], "little")
+
+
+def _u32(b, at: int) -> int:
+    return int.from_bytes(b[at:at + 4], "little")
+
+
+def _prelude() -> tuple[bytes, tuple[int, int, int], bytes]:
+    """(magic + schema + dictionary messages, the dictionary's Block, the schema message's
+    flatbuffer), serialized by pyarrow from a stream of one empty batch."""
+    columns = [pa.DictionaryArray.from_arrays(pa.array([], pa.int8()), REASON_DICTIONARY)
+               if f.name == "reason" else pa.nulls(0, f.type) for f in AUDIT_SCHEMA]
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, AUDIT_SCHEMA) as w:
+        w.write_batch(pa.RecordBatch.from_arrays(columns, schema=AUDIT_SCHEMA))
+    messages = list(ipc.MessageReader.open_stream(sink.getvalue()))
+    schema, dictionary = messages[0], messages[1]
+    if (schema.type, dictionary.type) != ("schema", "dictionary"):
+        raise RuntimeError(f"unexpected IPC stream from pyarrow: {[m.type for m in messages]}")
+    head = _IPC_MAGIC + b"\x00\x00" + schema.serialize().to_pybytes()
+    block = (len(head), 8 + dictionary.metadata.size, dictionary.body.size)
+    return head + dictionary.serialize().to_pybytes(), block, schema.metadata.to_pybytes()
+
+
+_PRELUDE, _DICTIONARY_BLOCK, _SCHEMA_FLATBUFFER = _prelude()
+
+
+def _footer(blocks: list[tuple[int, int, int]]) -> bytes:
+    """The IPC file footer: `Footer{version V5, schema, dictionaries, recordBatches}`.
+
+    The Schema table is not rebuilt: the whole flatbuffer of the schema message is copied in
+    (8-aligned; flatbuffer references are relative, so it stays valid wherever it lies) and
+    the footer points at the Schema table inside it. Layout (offsets from the start):
+    0 root -> 16; 4 vtable (size 12, table 20: version +4, schema +8, dictionaries +12,
+    recordBatches +16); 16 table; 40 the schema message's flatbuffer; then the two vectors
+    of Block{int64 offset, int32 metaDataLength, pad, int64 bodyLength}, 8-aligned."""
+    blob = _SCHEMA_FLATBUFFER
+    table = _u32(blob, 0)
+    vtable = table - int.from_bytes(blob[table:table + 4], "little", signed=True)
+    if _u16(blob, vtable) <= 8 or _u16(blob, vtable + 8) == 0:
+        raise RuntimeError("the schema message has no header")
+    field = table + _u16(blob, vtable + 8)
+    schema_at = 40 + field + _u32(blob, field)
+    dicts_at = 40 + len(blob)                       # 8-aligned; its count at +4
+    batches_at = dicts_at + 8 + 24
+    out = bytearray(batches_at + 8 + 24 * len(blocks))
+    struct.pack_into("<I6H", out, 0, 16, 12, 20, 4, 8, 12, 16)
+    struct.pack_into("<ihxxIII", out, 16, 12, 4, schema_at - 24, dicts_at + 4 - 28,
+                     batches_at + 4 - 32)
+    out[40:40 + len(blob)] = blob
+    struct.pack_into("<I", out, dicts_at + 4, 1)
+    struct.pack_into("<qixxxxq", out, dicts_at + 8, *_DICTIONARY_BLOCK)
+    struct.pack_into("<I", out, batches_at + 4, len(blocks))
+    for k, block in enumerate(blocks):
+        struct.pack_into("<qixxxxq", out, batches_at + 8 + 24 * k, *block)
+    return bytes(out)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _IpcFile:
+    """One audit file being written: the descriptor, the write position and the Block of every
+    record batch, for the footer. Each message goes to the OS in one write(2)."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(self.fd, _PRELUDE)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.pos = len(_PRELUDE)
+        self.blocks: list[tuple[int, int, int]] = []
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write_encoded(self, encoder: _audit.DecisionEncoder) -> None:
+        """The message last encoded by `encoder`."""
+        length = encoder.write(self.fd)
+        self.blocks.append((self.pos, _audit.META_LENGTH, length - _audit.META_LENGTH))
+        self.pos += length
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """A record batch built by pyarrow (its dictionary column holds indices only)."""
+        message = batch.serialize()
+        meta = 8 + _u32(message, 4)
+        _write_all(self.fd, message)
+        self.blocks.append((self.pos, meta, message.size - meta))
+        self.pos += message.size
+
+    def finish(self) -> None:
+        """End of stream, footer, footer length, magic: the file is complete."""
+        footer = _footer(self.blocks)
+        _write_all(self.fd, _EOS + footer + struct.pack("<i", len(footer)) + _IPC_MAGIC)
+        self.pos += len(_EOS) + len(footer) + 4 + len(_IPC_MAGIC)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
 # the writer
 
 
@@ -296,7 +430,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _close_quietly(*files) -> None:
-    """Close after a failure, best effort (the buffered stream first: it closes the file)."""
+    """Close after a failure, best effort."""
     for f in files:
         try:
             if f is not None:
@@ -357,9 +491,9 @@ class AuditWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self.directory)
         self._lock = threading.RLock()
-        self._file: pa.OSFile | None = None           # the current file's descriptor
-        self._sink: pa.BufferedOutputStream | None = None    # over it: flushed every batch
-        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._file: _IpcFile | None = None            # the file being written
+        self._encoder = _audit.DecisionEncoder()      # decision batches, used under the lock
+        self._plan_version_bytes: tuple[str | None, bytes] = (None, b"")
         self._part: Path | None = None
         self._final: Path | None = None
         self._file_start_ns = 0
@@ -414,11 +548,52 @@ class AuditWriter:
             raise ValueError(f"{len(decisions)} decisions for {n} events")
         if n == 0:
             return 0
+        if now_ns is None:
+            now_ns = self.clock()
+        if latency_ns is None and _is_scalar(now_ns) and _is_scalar(decision_seq):
+            # the engine's case: one decision time, consecutive decision numbers
+            if self._write_encoded(events, seq, decisions, int(decision_seq),
+                                   destination_names, plan_version, int(now_ns)):
+                return n
         batch, first_seq, first_ns = self._decision_batch(
             events, seq, decisions, decision_seq, destination_names, plan_version, now_ns,
             latency_ns)
-        self._write(batch, first_seq, first_ns)
+        self._write(batch.num_rows, first_seq, first_ns, batch)
         return n
+
+    def _write_encoded(self, events: EventBatch, seq, decisions: Decisions, first_seq: int,
+                       destination_names, plan_version: str, now_ns: int) -> bool:
+        """Encode with the compiled encoder and write; False (nothing written) when it
+        declines the batch (reads that are not UTF-8), for the pyarrow path."""
+        n = len(events)
+        if _is_scalar(seq):
+            seq = np.full(n, seq, np.uint64)
+        version, encoded = self._plan_version_bytes
+        if plan_version != version:
+            encoded = b"" if plan_version is None else plan_version.encode("utf-8")
+            self._plan_version_bytes = (plan_version, encoded)
+        destinations = self._destinations(destination_names)
+        columns = [events.scanner_ids, events.parcel_ids, seq, events.event_offsets,
+                   events.read_offsets, events.data, decisions.chute, decisions.reason,
+                   decisions.destination, events.ts_ns, events.recirculations]
+        with self._lock:
+            try:
+                length = self._encode(now_ns, first_seq, columns, destinations, encoded)
+            except ValueError:
+                # a column of another dtype, not contiguous or not an ndarray: convert once
+                # (a genuine error is raised again by the second call)
+                columns = [np.ascontiguousarray(c, t) for c, t in zip(columns, _ENCODER_DTYPES)]
+                length = self._encode(now_ns, first_seq, columns, destinations, encoded)
+            if length < 0:
+                return False
+            self._write(n, first_seq, now_ns, None)
+        return True
+
+    def _encode(self, now_ns: int, first_seq: int, columns, destinations, plan_version: bytes):
+        sc, pid, seq, eo, ro, data, chute, reason, dest, ts, rc = columns
+        return self._encoder.encode(
+            now_ns, sc, pid, seq, first_seq, eo, ro, data, chute, reason, dest,
+            destinations.offsets, destinations.data, plan_version, ts, rc, len(REASONS))
 
     def write_malformed(self, raw: bytes, error: str, decision_seq: int, now_ns=None, *,
                         plan_version: str | None = None) -> None:
@@ -444,14 +619,12 @@ class AuditWriter:
             pa.array([str(error)], pa.string()),
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=AUDIT_SCHEMA)
-        self._write(batch, int(decision_seq), int(now_ns))
+        self._write(1, int(decision_seq), int(now_ns), batch)
 
     def flush(self) -> None:
-        """Push written bytes to the OS. Every write already flushes its batch before it
-        returns, so there is nothing to push; durability is `fsync`'s job."""
-        with self._lock:
-            if self._sink is not None:
-                self._sink.flush()
+        """Push written bytes to the OS. Every write already hands its batch to the OS (one
+        write(2)) before it returns, so there is nothing to push; durability is `fsync`'s
+        job. Kept for callers written against buffered writers."""
 
     def maybe_fsync(self) -> bool:
         """fsync if there are unsynced rows and the last fsync is older than the interval (by
@@ -471,7 +644,7 @@ class AuditWriter:
         """Timer hook: seal the current file if its time is up (a quiet line gets no write
         that would do it). fsyncs are the writer's thread's job (fsync_interval_s > 0)."""
         with self._lock:
-            if self._writer is not None:
+            if self._file is not None:
                 now = self.clock() if now_ns is None else int(now_ns)
                 if self._rotation_due(now):
                     self._seal()
@@ -567,31 +740,34 @@ class AuditWriter:
             return True
         return self.rotate_ns is not None and now_ns - self._file_start_ns >= self.rotate_ns
 
-    def _write(self, batch: pa.RecordBatch, first_seq: int, now_ns: int) -> None:
+    def _write(self, rows: int, first_seq: int, now_ns: int, batch: pa.RecordBatch | None) -> None:
+        """Write `batch`, or (None) the message last encoded by the encoder."""
         with self._lock:
             if self._closed:
                 raise ValueError("write to a closed AuditWriter")
             if self._error is not None:
                 self._raise_deferred()
-            if self._writer is not None and self._rotation_due(now_ns):
+            if self._file is not None and self._rotation_due(now_ns):
                 self._seal()
-            if self._writer is None:
+            if self._file is None:
                 self._open(first_seq, now_ns)
             try:
-                self._writer.write_batch(batch)
-                self._sink.flush()             # the whole batch to the OS, in one write(2)
+                if batch is None:
+                    self._file.write_encoded(self._encoder)
+                else:
+                    self._file.write_batch(batch)
             except BaseException:
                 self._abandon()
                 raise
             self._dirty = True
-            self.rows_written += batch.num_rows
+            self.rows_written += rows
             self.batches_written += 1
             if self.fsync_interval_ns == 0:    # the strongest policy: synced before returning
                 os.fsync(self._file.fileno())
                 self.fsyncs += 1
                 self._dirty = False
                 self._last_fsync_ns = self.clock()
-            if self.rotate_bytes is not None and self._sink.tell() >= self.rotate_bytes:
+            if self.rotate_bytes is not None and self._file.tell() >= self.rotate_bytes:
                 self._seal()
 
     def _open(self, first_seq: int, now_ns: int) -> None:
@@ -608,9 +784,7 @@ class AuditWriter:
             name = f"{base}-{k}"
         self._final = part_dir / f"{name}.arrow"
         self._part = part_dir / f"_{name}.arrow{_PART_SUFFIX}"
-        self._file = pa.OSFile(str(self._part), "wb")
-        self._sink = pa.BufferedOutputStream(self._file, _BUFFER_BYTES)
-        self._writer = ipc.new_file(self._sink, AUDIT_SCHEMA)
+        self._file = _IpcFile(self._part)
         self._file_start_ns = now_ns
         self._day_start_ns = now_ns - now_ns % _DAY_NS
         self._dirty = False
@@ -626,29 +800,28 @@ class AuditWriter:
     def _seal(self) -> None:
         """Seal the current file: handed to the thread (interval > 0; the next write opens a
         new file meanwhile), else now."""
-        if self._writer is None:
+        if self._file is None:
             return
         if self._thread is None or self._stopping:
             self._seal_now()
             return
-        self._seals.append(_Seal(self._writer, self._sink, self._file, self._part, self._final))
+        self._seals.append(_Seal(self._file, self._part, self._final))
         self.files.append(self._final)
-        self._writer = self._sink = self._file = self._part = self._final = None
+        self._file = self._part = self._final = None
         self._dirty = False
         self._wake.set()
 
     def _seal_now(self) -> None:
         """Footer, fsync (policy permitting), rename to the final name."""
-        if self._writer is None:
+        if self._file is None:
             return
         try:
-            self._writer.close()
-            self._sink.flush()
+            self._file.finish()
             if self.fsync_interval_ns is not None:
                 os.fsync(self._file.fileno())
                 self.fsyncs += 1
                 self._last_fsync_ns = self.clock()
-            self._sink.close()                 # and the file
+            self._file.close()
             os.replace(self._part, self._final)
             if self.fsync_interval_ns is not None:
                 _fsync_dir(self._final.parent)
@@ -656,15 +829,15 @@ class AuditWriter:
         except BaseException:
             self._abandon()
             raise
-        self._writer = self._sink = self._file = self._part = self._final = None
+        self._file = self._part = self._final = None
         self._dirty = False
 
     def _abandon(self) -> None:
         """Drop a file after a failed write: it keeps its hidden name and `recover` salvages
         its complete batches; the next write starts a new file."""
         log.error("audit: abandoning %s after a failed write", self._part)
-        _close_quietly(self._sink, self._file)
-        self._writer = self._sink = self._file = self._part = self._final = None
+        _close_quietly(self._file)
+        self._file = self._part = self._final = None
         self._dirty = False
 
     # -- fsync, and the writer's thread -----------------------------------------------------
@@ -679,7 +852,7 @@ class AuditWriter:
         with self._lock:
             dirs, self._dirs = self._dirs, []
             fd = None
-            if self._sink is not None and self._dirty and not (
+            if self._file is not None and self._dirty and not (
                     due_only and self.clock() - self._last_fsync_ns < self.fsync_interval_ns):
                 fd = os.dup(self._file.fileno())
                 self._dirty = False
@@ -713,16 +886,15 @@ class AuditWriter:
                 seal = self._seals[0]
             renamed = False
             try:
-                seal.writer.close()
-                seal.sink.flush()
+                seal.file.finish()
                 os.fsync(seal.file.fileno())
-                seal.sink.close()
+                seal.file.close()
                 os.replace(seal.part, seal.final)
                 renamed = True
                 _fsync_dir(seal.final.parent)
             except BaseException as e:
                 log.error("audit: sealing %s failed: %s", seal.part, e)
-                _close_quietly(seal.sink, seal.file)
+                _close_quietly(seal.file)
                 with self._lock:
                     self._seals.pop(0)
                     if not renamed:            # it stays hidden, for recover()
@@ -770,9 +942,7 @@ class AuditWriter:
 @dataclass
 class _Seal:
     """A rotated file waiting for the writer's thread: its footer, fsync and rename."""
-    writer: ipc.RecordBatchFileWriter
-    sink: pa.BufferedOutputStream
-    file: pa.OSFile
+    file: _IpcFile
     part: Path
     final: Path
 

@@ -224,10 +224,10 @@ class Engine:
         now = time.time_ns()
         deadline_ns = int(self.config.deadline_ms * 1e6)
         decisions = router.route(batch, now_ns=now, deadline_ns=deadline_ns)
-        decision_seq = np.arange(self.decision_seq + 1, self.decision_seq + 1 + n, dtype=np.uint64)
+        first = self.decision_seq + 1
+        decision_seq = np.arange(first, first + n, dtype=np.uint64)
         self.decision_seq += n
-        self.audit.write_decisions(batch, seq, decisions, decision_seq, self._names,
-                                   plan.version, now)
+        self.audit.write_decisions(batch, seq, decisions, first, self._names, plan.version, now)
         self.batch_seq = (self.batch_seq + 1) & 0xFFFFFFFF
         message = wire.encode_decisions(plan.version, batch.parcel_ids, seq, decision_seq,
                                         decisions.chute, decisions.reason, batch.scanner_ids,

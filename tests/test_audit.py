@@ -613,17 +613,15 @@ def test_failed_write_abandons_the_file(tmp_path):
     w = AuditWriter(tmp_path, rotate_bytes=None)
     write(w, batch(10), 0, now_ns=T0)
     first = w.path
-    real = w._writer
+    file = w._file
 
-    class HalfWriter:
-        def write_batch(self, b):
-            w._sink.write(b"\xff\xff\xff\xff\x10\x00\x00\x00partial")
-            raise OSError(28, "No space left on device")
+    def half_written(*_args):
+        os.write(file.fileno(), b"\xff\xff\xff\xff\x10\x00\x00\x00partial")
+        raise OSError(28, "No space left on device")
 
-    w._writer = HalfWriter()
+    file.write_encoded = file.write_batch = half_written
     with pytest.raises(OSError):
         write(w, batch(10, start=10), 10, now_ns=T0 + 1)
-    del real
     assert w.path is None and first.exists()
     write(w, batch(10, start=20), 20, now_ns=T0 + 2 * NS)
     w.close()
