@@ -579,9 +579,9 @@ class AuditWriter:
         with self._lock:
             try:
                 length = self._encode(now_ns, first_seq, columns, destinations, encoded)
-            except ValueError:
+            except TypeError:
                 # a column of another dtype, not contiguous or not an ndarray: convert once
-                # (a genuine error is raised again by the second call)
+                # (ValueError: shape and range checks, raised again by the second call)
                 columns = [np.ascontiguousarray(c, t) for c, t in zip(columns, _ENCODER_DTYPES)]
                 length = self._encode(now_ns, first_seq, columns, destinations, encoded)
             if length < 0:
