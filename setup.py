@@ -14,8 +14,8 @@ def _ext(name: str) -> Extension:
 
 
 # _core: decode, resolve, route. _wire: the binary wire protocol, parsed into columns.
-# _audit: audit record batches as Arrow IPC messages.
-extensions = [_ext("_core"), _ext("_wire"), _ext("_audit")]
+# _audit: audit record batches as Arrow IPC messages. _turn: one engine turn, composed in C.
+extensions = [_ext("_core"), _ext("_wire"), _ext("_audit"), _ext("_turn")]
 
 setup(
     ext_modules=cythonize(

@@ -166,10 +166,6 @@ cdef class DecisionEncoder:
     `encode(...)` returns the message length, or -1 when a read is not valid UTF-8 (the caller
     transcodes with pyarrow instead); `write(fd)` hands the last message to the OS, all of it,
     or raises OSError; `message()` returns a copy (tests, salvage)."""
-    cdef uint8_t* buf
-    cdef Py_ssize_t cap, length, body_start, pos
-    cdef int node_i, buffer_i
-
     def __cinit__(self):
         self.buf = NULL
         self.cap = self.length = 0
@@ -193,13 +189,13 @@ cdef class DecisionEncoder:
         return 0
 
     # -- body building (the buffer is large enough: see encode's bound) ---------------------
-    cdef inline void _node(self, int64_t length, int64_t nulls) noexcept nogil:
+    cdef void _node(self, int64_t length, int64_t nulls) noexcept nogil:
         cdef uint8_t* q = self.buf + PREFIX + NODES_AT + 16 * self.node_i
         st64(q, length)
         st64(q + 8, nulls)
         self.node_i += 1
 
-    cdef inline uint8_t* _buffer(self, Py_ssize_t nbytes) noexcept nogil:
+    cdef uint8_t* _buffer(self, Py_ssize_t nbytes) noexcept nogil:
         """Records the next buffer (8-aligned, `nbytes` long) and returns where it goes; the
         padding after it is zeroed."""
         cdef Py_ssize_t off = self.pos - self.body_start
@@ -214,21 +210,21 @@ cdef class DecisionEncoder:
         self.pos += padded
         return q
 
-    cdef inline void _copy(self, const void* src, Py_ssize_t nbytes) noexcept nogil:
+    cdef void _copy(self, const void* src, Py_ssize_t nbytes) noexcept nogil:
         cdef uint8_t* q = self._buffer(nbytes)
         if nbytes:
             memcpy(q, src, nbytes)
 
-    cdef inline void _absent(self) noexcept nogil:
+    cdef void _absent(self) noexcept nogil:
         """A validity bitmap left out (no nulls) or an empty data buffer."""
         self._buffer(0)
 
-    cdef inline void _fixed(self, int64_t n, const void* src, Py_ssize_t width) noexcept nogil:
+    cdef void _fixed(self, int64_t n, const void* src, Py_ssize_t width) noexcept nogil:
         self._node(n, 0)
         self._absent()
         self._copy(src, n * width)
 
-    cdef inline void _all_null_binary(self, int64_t n) noexcept nogil:
+    cdef void _all_null_binary(self, int64_t n) noexcept nogil:
         self._node(n, n)
         memset(self._buffer((n + 7) // 8), 0, (n + 7) // 8)
         memset(self._buffer(4 * (n + 1)), 0, 4 * (n + 1))
@@ -268,8 +264,27 @@ cdef class DecisionEncoder:
         cdef Py_ssize_t n_reads = cnp.PyArray_SIZE(<cnp.ndarray> read_offsets) - 1
         cdef Py_ssize_t n_bytes = cnp.PyArray_SIZE(<cnp.ndarray> data)
         cdef Py_ssize_t n_names = cnp.PyArray_SIZE(<cnp.ndarray> name_offsets_) - 1
-        cdef const uint8_t* plan_version = <const uint8_t*> (<char*> plan_version_)
-        cdef Py_ssize_t pv = len(plan_version_)
+        if n_reads < 0 or n_names < 0:
+            raise ValueError("offsets need at least one entry")
+        if eo[0] < 0 or eo[n] < eo[0] or eo[n] > n_reads:
+            raise ValueError("event_offsets point outside read_offsets")
+        if ro[eo[0]] < 0 or ro[eo[n]] < ro[eo[0]] or ro[eo[n]] > n_bytes:
+            raise ValueError("read_offsets point outside data")
+        return self.encode_c(now_ns, n, scanner, parcel, seqs, first_decision_seq, eo, ro,
+                             bytes_, chute, reason, destination, name_offsets, n_names,
+                             name_data, <const uint8_t*> (<char*> plan_version_),
+                             len(plan_version_), scan_ts, recirc, n_reasons)
+
+    cdef Py_ssize_t encode_c(self, int64_t now_ns, Py_ssize_t n, const uint16_t* scanner,
+                             const uint64_t* parcel, const uint64_t* seqs,
+                             uint64_t first_decision_seq, const int32_t* eo, const int32_t* ro,
+                             const uint8_t* bytes_, const uint16_t* chute, const uint8_t* reason,
+                             const int32_t* destination, const int32_t* name_offsets,
+                             Py_ssize_t n_names, const uint8_t* name_data,
+                             const uint8_t* plan_version, Py_ssize_t pv, const int64_t* scan_ts,
+                             const uint8_t* recirc, int n_reasons) except -2:
+        """`encode` at C level, for compiled callers: n >= 1 and the offsets already checked
+        (read r of the batch is bytes_[ro[r]:ro[r + 1]], event i has reads eo[i]:eo[i + 1])."""
         cdef Py_ssize_t i, r0, r1, d0, d1, nr, nd, names = 0, nulls = 0
         cdef Py_ssize_t bound
         cdef int32_t dst, base, o
@@ -279,14 +294,8 @@ cdef class DecisionEncoder:
         cdef int32_t* qo
         cdef int64_t* qt
         cdef uint64_t* qs
-        if n_reads < 0 or n_names < 0:
-            raise ValueError("offsets need at least one entry")
         r0, r1 = eo[0], eo[n]
-        if r0 < 0 or r1 < r0 or r1 > n_reads:
-            raise ValueError("event_offsets point outside read_offsets")
         d0, d1 = ro[r0], ro[r1]
-        if d0 < 0 or d1 < d0 or d1 > n_bytes:
-            raise ValueError("read_offsets point outside data")
         nr, nd = r1 - r0, d1 - d0
         with nogil:
             for i in range(n):

@@ -1,4 +1,5 @@
 # C-level types of the routing core. The numbers repeat sorter/codes.py (a test checks them).
+cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t, uint64_t
 
 cdef enum:
@@ -76,3 +77,23 @@ cdef struct Tables:
     const uint8_t* policy          # n_destinations
     uint16_t special[N_REASONS]    # chute per reason, 0 = none
     int32_t recirculation_limit
+
+
+# The compiled classes, declared here so that other compiled modules (sorter._turn) can call
+# the router at C level, without a Python call per batch.
+cdef class CompiledPlan:
+    cdef Tables t
+    cdef object _keep          # the arrays the raw pointers in `t` point into
+    cdef readonly int manifest_rows
+    cdef readonly int n_destinations
+    cdef list _build_manifest(self, keys_in, countries_in, pc_offsets_in, pc_data_in)
+
+
+cdef class CoreRouter:
+    cdef CompiledPlan _plan
+    cdef uint8_t state[N_CHUTES]
+    cdef cnp.ndarray _rr       # int32 per destination: last chosen position (round robin)
+    cdef Py_ssize_t route_c(self, const int32_t* ev_off, const int32_t* rd_off,
+                            const uint8_t* data, const uint8_t* recirc, const int64_t* ts,
+                            int64_t now_ns, int64_t deadline_ns, uint16_t* chute,
+                            uint8_t* reason, int32_t* dest, Py_ssize_t n) except -1

@@ -426,11 +426,8 @@ cdef uint64_t _capacity_for(Py_ssize_t n):
 
 
 cdef class CompiledPlan:
-    """Immutable routing tables of one plan. Build with `sorter.router.compile_plan`."""
-    cdef Tables t
-    cdef object _keep          # the arrays the raw pointers in `t` point into
-    cdef readonly int manifest_rows
-    cdef readonly int n_destinations
+    """Immutable routing tables of one plan. Build with `sorter.router.compile_plan`.
+    (Attributes: _core.pxd.)"""
 
     def __cinit__(self, *, int home_country, trie_children, trie_dest, country_dest, service_dest,
                   group_offsets, group_chutes, policy, special, int recirculation_limit,
@@ -628,11 +625,9 @@ cdef class CoreRouter:
     """Routes batches with one compiled plan at a time and the live chute states.
 
     Not thread-safe: one router per routing thread. `set_plan` between batches is atomic
-    with respect to `route` (a batch holds its plan for the whole call).
+    with respect to `route` (a batch holds its plan for the whole call). (Attributes:
+    _core.pxd.)
     """
-    cdef CompiledPlan _plan
-    cdef uint8_t state[N_CHUTES]
-    cdef object _rr              # int32 per destination: last chosen position (round robin)
 
     def __cinit__(self, CompiledPlan plan):
         memset(self.state, CHUTE_AVAILABLE, sizeof(self.state))
@@ -695,18 +690,28 @@ cdef class CoreRouter:
             raise ValueError("read_offsets are not non-decreasing offsets into data")
         if n == 0:
             return 0
-        cdef CompiledPlan plan = self._plan     # held for the whole batch: atomic plan swap
-        cdef int32_t[::1] rr = self._rr
-        cdef const Tables* t = &plan.t
         cdef const uint8_t* base = <const uint8_t*> cnp.PyArray_DATA(da) if n_bytes else EMPTY
-        cdef const uint8_t* state = self.state
         cdef const uint8_t* recirc = <const uint8_t*> cnp.PyArray_DATA(rc)
         cdef const int64_t* scan_ts = <const int64_t*> cnp.PyArray_DATA(ts)
         cdef uint16_t* chute = <uint16_t*> cnp.PyArray_DATA(oc)
         cdef uint8_t* reason = <uint8_t*> cnp.PyArray_DATA(orr)
         cdef int32_t* dest = <int32_t*> cnp.PyArray_DATA(od)
+        return self.route_c(ev_off, rd_off, base, recirc, scan_ts, now_ns, deadline_ns, chute,
+                            reason, dest, n)
+
+    cdef Py_ssize_t route_c(self, const int32_t* ev_off, const int32_t* rd_off,
+                            const uint8_t* data, const uint8_t* recirc, const int64_t* ts,
+                            int64_t now_ns, int64_t deadline_ns, uint16_t* chute,
+                            uint8_t* reason, int32_t* dest, Py_ssize_t n) except -1:
+        """`route` at C level, for compiled callers (with the GIL; released while routing):
+        the offsets must already be valid, as `route` checks them and as
+        `sorter._wire.decode_scans` produces them. The plan and round-robin table are held
+        for the whole batch, so a swap from another thread can neither tear nor free them."""
+        cdef CompiledPlan plan = self._plan
+        cdef cnp.ndarray rr = self._rr
+        cdef int32_t* prr = <int32_t*> cnp.PyArray_DATA(rr)
         with nogil:
-            route_batch(t, state, &rr[0], ev_off, rd_off, base, recirc, scan_ts, now_ns,
+            route_batch(&plan.t, self.state, prr, ev_off, rd_off, data, recirc, ts, now_ns,
                         deadline_ns, chute, reason, dest, n)
         return n
 

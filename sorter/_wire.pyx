@@ -832,27 +832,36 @@ def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t ma
 
 def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_,
                      uint32_t batch_seq, Py_ssize_t max_frame, Py_ssize_t max_records):
-    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
     cdef cnp.ndarray pid = _as(pid_, cnp.NPY_UINT64, "parcel_id")
     cdef cnp.ndarray seq = _as(seq_, cnp.NPY_UINT64, "seq")
     cdef cnp.ndarray dseq = _as(dseq_, cnp.NPY_UINT64, "decision_seq")
     cdef cnp.ndarray chute_a = _as(chute_, cnp.NPY_UINT16, "chute")
     cdef cnp.ndarray reason_a = _as(reason_, cnp.NPY_UINT8, "reason")
     cdef cnp.ndarray sc = _as(sc_, cnp.NPY_UINT16, "scanner_id")
-    cdef Py_ssize_t n = cnp.PyArray_DIM(pid, 0), i, plv = len(plan_version), total, pos
-    cdef const uint64_t* ppid = <const uint64_t*>_p(pid)
-    cdef const uint64_t* pseq = <const uint64_t*>_p(seq)
-    cdef const uint64_t* pdseq = <const uint64_t*>_p(dseq)
-    cdef const uint16_t* chute = <const uint16_t*>_p(chute_a)
-    cdef const uint8_t* reason = <const uint8_t*>_p(reason_a)
-    cdef const uint16_t* psc = <const uint16_t*>_p(sc)
-    cdef uint8_t* q
-    cdef uint8_t* r
-    cdef Py_ssize_t bad = -1
+    cdef Py_ssize_t n = cnp.PyArray_DIM(pid, 0)
     if cnp.PyArray_DIM(seq, 0) != n or cnp.PyArray_DIM(dseq, 0) != n \
             or cnp.PyArray_DIM(chute_a, 0) != n or cnp.PyArray_DIM(reason_a, 0) != n \
             or cnp.PyArray_DIM(sc, 0) != n:
         raise WireError("bad_record", None, f"columns must all have {n} entries")
+    return encode_decisions_c(<const uint8_t*> (<char*> plan_version), len(plan_version), n,
+                              <const uint64_t*>_p(pid), <const uint64_t*>_p(seq),
+                              <const uint64_t*>_p(dseq), 0, <const uint16_t*>_p(chute_a),
+                              <const uint8_t*>_p(reason_a), <const uint16_t*>_p(sc), batch_seq,
+                              max_frame, max_records)
+
+
+cdef bytes encode_decisions_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ssize_t n,
+                              const uint64_t* ppid, const uint64_t* pseq, const uint64_t* pdseq,
+                              uint64_t first_dseq, const uint16_t* chute, const uint8_t* reason,
+                              const uint16_t* psc, uint32_t batch_seq, Py_ssize_t max_frame,
+                              Py_ssize_t max_records):
+    """One DECISION message from column pointers (n entries each); pdseq NULL: decision
+    sequence numbers first_dseq, first_dseq + 1, ... Raises WireError."""
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef Py_ssize_t i, total, pos
+    cdef uint8_t* q
+    cdef uint8_t* r
+    cdef Py_ssize_t bad = -1
     if plv > 255:
         raise WireError("bad_record", None, f"plan_version is {plv} bytes, at most 255")
     if n > lim.max_records:
@@ -875,7 +884,7 @@ def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_
             r = q + pos + DECISION_RECORD * i
             st64(r, ppid[i])
             st64(r + 8, pseq[i])
-            st64(r + 16, pdseq[i])
+            st64(r + 16, pdseq[i] if pdseq != NULL else first_dseq + <uint64_t> i)
             st16(r + 24, chute[i])
             r[26] = reason[i]
             r[27] = 0

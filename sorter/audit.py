@@ -586,8 +586,15 @@ class AuditWriter:
                 length = self._encode(now_ns, first_seq, columns, destinations, encoded)
             if length < 0:
                 return False
-            self._write(n, first_seq, now_ns, None)
+            self._write(n, first_seq, now_ns, self._encoder)
         return True
+
+    def write_message(self, encoder: _audit.DecisionEncoder, rows: int, first_seq: int,
+                      now_ns: int) -> None:
+        """Write the message `encoder` encoded last (`rows` decisions numbered from
+        `first_seq`, decided at `now_ns`): for compiled callers that encode themselves
+        (`sorter._turn.Turn`). Same guarantees as `write_decisions`."""
+        self._write(rows, first_seq, now_ns, encoder)
 
     def _encode(self, now_ns: int, first_seq: int, columns, destinations, plan_version: bytes):
         sc, pid, seq, eo, ro, data, chute, reason, dest, ts, rc = columns
@@ -740,8 +747,9 @@ class AuditWriter:
             return True
         return self.rotate_ns is not None and now_ns - self._file_start_ns >= self.rotate_ns
 
-    def _write(self, rows: int, first_seq: int, now_ns: int, batch: pa.RecordBatch | None) -> None:
-        """Write `batch`, or (None) the message last encoded by the encoder."""
+    def _write(self, rows: int, first_seq: int, now_ns: int,
+               batch: pa.RecordBatch | _audit.DecisionEncoder) -> None:
+        """Write a record batch, or the message an encoder encoded last."""
         with self._lock:
             if self._closed:
                 raise ValueError("write to a closed AuditWriter")
@@ -752,10 +760,10 @@ class AuditWriter:
             if self._file is None:
                 self._open(first_seq, now_ns)
             try:
-                if batch is None:
-                    self._file.write_encoded(self._encoder)
-                else:
+                if isinstance(batch, pa.RecordBatch):
                     self._file.write_batch(batch)
+                else:
+                    self._file.write_encoded(batch)
             except BaseException:
                 self._abandon()
                 raise

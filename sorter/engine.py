@@ -22,17 +22,16 @@ import numpy as np
 import pyarrow as pa
 import zmq
 
-from . import wire
+from . import _turn, wire
 from .audit import AuditWriter, recover
 from .codes import CHUTE_STATES, REASONS
 from .config import EngineConfig
+from .events import Decisions, arrow_offsets_data
 from .metrics import EngineMetrics
 from .plan import Plan, PlanError, load_plan, summary
 from .router import Router, compile_plan
 
 log = logging.getLogger("sorter.engine")
-
-_PENDING_EVENTS = 1 << 16          # events counted between two metric folds, at most
 
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: ts, level, event, and the event's fields."""
@@ -70,7 +69,7 @@ class Engine:
         self.started = time.time()
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
-        self._names = self._destination_names(self.plan)
+        self._use_plan_tables(self.plan)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-loader")
         self._pending_load: Future | None = None
         self._ctx: zmq.Context | None = None
@@ -78,13 +77,8 @@ class Engine:
         self._metrics_server = None
         self._last_heartbeat = 0.0
         self._last_fold = 0.0
-        # per event since the last fold: reason, scan -> sent, received -> sent (ns); filled
-        # by slice assignment on every turn, folded into the histograms every 100 ms
-        self._pending = 0
-        self._pending_batches = 0
-        self._pending_reason = np.empty(_PENDING_EVENTS, np.uint8)
-        self._pending_scan_ns = np.empty(_PENDING_EVENTS, np.int64)
-        self._pending_engine_ns = np.empty(_PENDING_EVENTS, np.int64)
+        # route + audit message + DECISION message + counting of one batch, in one C call
+        self._turn = _turn.Turn(capacity=min(config.batch_max, 1 << 16))
         self._limits = wire.Limits(max_frame=config.max_frame)
         self._deadline_ns = int(config.deadline_ms * 1e6)
 
@@ -212,8 +206,9 @@ class Engine:
         """Drain up to batch_max queued events, route them, audit, send. Returns events.
 
         Frames are only received here; one compiled call decodes them all (a malformed frame
-        is rejected alone and audited). The queue is read until the socket reports no more
-        input (ZMQ_EVENTS), not until a recv fails: zmq.Again costs more than the check."""
+        is rejected alone and audited). A lone message, the usual case at low rates, is seen
+        to be alone with one ZMQ_EVENTS check (~2 us); raising zmq.Again costs ~6 us, so the
+        queue is read until Again only when there was more than one."""
         scans, clock = self.scans, time.time_ns
         try:
             frame = scans.recv(zmq.NOBLOCK)
@@ -222,14 +217,15 @@ class Engine:
         frames, times = [frame], [clock()]
         n = int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
         limit = self.config.batch_max
-        while n < limit and scans.get(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frame = scans.recv(zmq.NOBLOCK)
-            except zmq.Again:                  # pragma: no cover - EVENTS said there was one
-                break
-            frames.append(frame)
-            times.append(clock())
-            n += int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
+        if n < limit and scans.get(zmq.EVENTS) & zmq.POLLIN:
+            while n < limit:
+                try:
+                    frame = scans.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                frames.append(frame)
+                times.append(clock())
+                n += int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
         self.metrics.messages += len(frames)
         scans = wire.decode_scans(frames, limits=self._limits)
         if scans.errors:
@@ -244,19 +240,24 @@ class Engine:
         return len(scans.seq)
 
     def _decide(self, batch, seq: np.ndarray, recv_ns) -> None:
+        """Route, audit, send one batch: the routing and both encodings in one compiled call
+        (`sorter._turn`), then the audit write, then the send (write-before-send)."""
         n = len(seq)
-        router = self.router                      # one plan for the whole batch
-        plan = router.plan
         now = time.time_ns()
-        decisions = router.route(batch, now_ns=now, deadline_ns=self._deadline_ns)
         first = self.decision_seq + 1
-        self.decision_seq += n
-        self.audit.write_decisions(batch, seq, decisions, first, self._names, plan.version, now)
         self.batch_seq = (self.batch_seq + 1) & 0xFFFFFFFF
-        message = wire.encode_decisions(plan.version, batch.parcel_ids, seq,
-                                        np.arange(first, first + n, dtype=np.uint64),
-                                        decisions.chute, decisions.reason, batch.scanner_ids,
-                                        batch_seq=self.batch_seq)
+        turn = self._turn
+        message = turn.run(self.router.core, batch.parcel_ids, batch.scanner_ids, batch.ts_ns,
+                           batch.recirculations, batch.event_offsets, batch.read_offsets,
+                           batch.data, seq, now, self._deadline_ns, first, self._version_bytes,
+                           self._name_offsets, self._name_data, self.batch_seq,
+                           self._limits.max_frame, self._limits.max_records)
+        self.decision_seq += n
+        if turn.audit_length >= 0:
+            self.audit.write_message(turn.encoder, n, first, now)
+        else:                                     # reads that are not UTF-8: pyarrow transcodes
+            self.audit.write_decisions(batch, seq, Decisions(*turn.decisions()), first,
+                                       self._names, self.router.plan.version, now)
         try:
             self.decisions.send(message, zmq.NOBLOCK)
         except zmq.Again:
@@ -264,45 +265,23 @@ class Engine:
             if self.metrics.decisions_undelivered == n:
                 _log(logging.WARNING, "decisions undelivered: PLC side absent or slow",
                      events=n, decision_seq=self.decision_seq)
-        self._count(decisions.reason, batch.ts_ns, recv_ns, time.time_ns())
-
-    def _count(self, reason: np.ndarray, scan_ns: np.ndarray, recv_ns, sent_ns: int) -> None:
-        """Keep one batch's figures for the next fold: a few slice assignments into
-        preallocated arrays, so the fold is a handful of vector operations however many
-        batches it covers (a list of per-batch arrays made it a 1-2 ms stall)."""
-        n = len(reason)
-        start = self._pending
-        if start + n > _PENDING_EVENTS:
+        # kept by the turn, folded into the histograms by the next timer turn
+        sent = time.time_ns()
+        if not turn.count(sent, recv_ns):
             self._fold_metrics()
-            start = 0
-            if n > _PENDING_EVENTS:             # a batch larger than the whole buffer
-                with self.metrics.lock:
-                    self._observe(reason, sent_ns - scan_ns, sent_ns - recv_ns, 1)
-                return
-        end = start + n
-        self._pending_reason[start:end] = reason
-        np.subtract(sent_ns, scan_ns, out=self._pending_scan_ns[start:end])
-        self._pending_engine_ns[start:end] = sent_ns - recv_ns
-        self._pending = end
-        self._pending_batches += 1
+            turn.count(sent, recv_ns)
 
     def _fold_metrics(self) -> None:
         """Fold the batches routed since the last fold into counters and histograms."""
-        n, batches = self._pending, self._pending_batches
-        if not batches:
-            return
-        self._pending = self._pending_batches = 0
-        with self.metrics.lock:
-            self._observe(self._pending_reason[:n], self._pending_scan_ns[:n],
-                          self._pending_engine_ns[:n], batches)
-
-    def _observe(self, reason, scan_to_decision_ns, engine_ns, batches: int) -> None:
-        m = self.metrics
-        m.events += len(reason)
-        m.batches += batches
-        m.decisions_by_reason += np.bincount(reason, minlength=len(REASONS))
-        m.scan_to_decision.observe_ns(scan_to_decision_ns)
-        m.engine_latency.observe_ns(np.broadcast_to(engine_ns, len(reason)))
+        reason, scan_ns, engine_ns, batches = self._turn.take_counts()
+        if batches:
+            with self.metrics.lock:
+                m = self.metrics
+                m.events += len(reason)
+                m.batches += batches
+                m.decisions_by_reason += np.bincount(reason, minlength=len(REASONS))
+                m.scan_to_decision.observe_ns(scan_ns)
+                m.engine_latency.observe_ns(engine_ns)
 
     def _malformed(self, frame: bytes, error: wire.WireError, now_ns: int) -> None:
         with self.metrics.lock:
@@ -412,17 +391,20 @@ class Engine:
             self.router.swap_plan(plan, compiled)     # between batches: atomic
             self.plan = plan
             gc.freeze()
-            self._names = self._destination_names(plan)
+            self._use_plan_tables(plan)
             self.metrics.plan_loads += 1
             reply = {"ok": True, "plan": summary(plan)}
             _log(logging.INFO, "plan loaded", plan=plan.name, plan_version=plan.version,
                  source=plan.source)
         self.control.send(json.dumps(reply, default=str).encode())
 
-    @staticmethod
-    def _destination_names(plan: Plan) -> pa.Array:
-        """Destination names by id (the audit caches the array: one object per plan)."""
-        return pa.array([d.name for d in plan.destinations], pa.string())
+    def _use_plan_tables(self, plan: Plan) -> None:
+        """What the audit and the DECISION messages need of a plan, made once per plan:
+        destination names by id (an Arrow array, which the audit caches, and its offsets and
+        bytes for the compiled turn) and the version as UTF-8."""
+        self._names = pa.array([d.name for d in plan.destinations], pa.string())
+        self._name_offsets, self._name_data = arrow_offsets_data(self._names)
+        self._version_bytes = plan.version.encode("utf-8")
 
 
 def run(config: EngineConfig) -> int:

@@ -138,6 +138,11 @@ class Router:
         self._core.set_plan(compiled)
         self.plan = plan
 
+    @property
+    def core(self) -> _core.CoreRouter:
+        """The compiled router (for compiled callers such as `sorter._turn.Turn`)."""
+        return self._core
+
     def set_chute_state(self, chute: int, state: int | str) -> None:
         self._core.set_chute_state(chute, chute_state_code(state))
 
