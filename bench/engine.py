@@ -658,10 +658,9 @@ def start_py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen | None
 
 # frames whose inclusive share of the engine's main thread the profile summary reports
 PROFILE_FRAMES = (
-    "serve", "step", "poll", "_route_queued", "recv", "peek_header", "decode_scan", "full",
-    "concat_batches", "_decide", "route", "write_decisions", "reads_array", "_write",
-    "write_batch", "maybe_fsync", "tick", "fsync", "_seal", "encode_decisions", "send",
-    "observe_ns", "bincount", "_drain_feedback", "_handle_control")
+    "serve", "step", "poll", "_route_queued", "recv", "decode_scans", "_decide", "run",
+    "write_message", "write_decisions", "_write", "write_encoded", "tick", "fsync", "_seal",
+    "send", "count", "_fold_metrics", "observe_ns", "_drain_feedback", "_handle_control")
 
 
 def profile_summary(path: Path) -> dict:
@@ -707,6 +706,18 @@ class _Timed:
             self.calls += 1
 
 
+class _TurnProxy:
+    """Stands in for the engine's compiled `Turn` (a C type: its methods cannot be replaced)
+    so that `run` can be timed."""
+
+    def __init__(self, turn):
+        self._turn = turn
+        self.run = _Timed(turn.run)
+
+    def __getattr__(self, name):
+        return getattr(self._turn, name)
+
+
 class _SendProxy:
     """Stands in for the engine's decisions socket so that its `send` can be timed."""
 
@@ -729,12 +740,13 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
     group) are warm-up.
     Medians in microseconds per turn:
 
-    total; drain = the per-message receive loop (recv, appends; with a per-message decoder
-    also `decode_scan`), `decode_scans` and concat excluded; decode_scan = decoding time
-    (`wire.decode_scans`, one call per turn, or the per-message `decode_scan`s); concat
-    (`concat_batches`, 0 when the engine has none); route; audit (`write_decisions`);
-    encode (`encode_decisions`); send; other (the rest of `_decide`: decision_seq, metrics). `per_message_us` / `per_batch_us`: least-squares fit
-    total = per_batch + per_message * messages over the one-event-message rows."""
+    total; drain = the per-message receive loop (recv, appends), `decode_scans` excluded;
+    decode_scan = `wire.decode_scans` (one call per turn); turn = the compiled
+    `sorter._turn.Turn.run` (route, audit record batch and DECISION message encoded); audit =
+    the audit write (`AuditWriter.write_message`, or `write_decisions` for a batch the
+    encoder declines); send; other (the rest of `_decide`: sequence numbers, counting).
+    `per_message_us` / `per_batch_us`: least-squares fit total = per_batch + per_message *
+    messages over the one-event-message rows."""
     import dataclasses
 
     import sorter.engine as eng
@@ -753,22 +765,18 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
     pull.setsockopt(zmq.RCVHWM, 0)
     push.connect(engine.endpoints["scans"])
     pull.connect(engine.endpoints["decisions"])
-    # the engine's stages, wrapped where they exist (the engine decodes every frame of a turn
-    # in one `wire.decode_scans` call; older engines decoded per frame and concatenated)
-    patch = [(eng, "concat_batches", "concat"), (wire, "encode_decisions", "encode"),
-             (wire, "decode_scan", "decode_scan"), (wire, "decode_scans", "decode_scans")]
-    saved, timers = [], {}
-    for module, attr, key in patch:
-        fn = getattr(module, attr, None)
-        if fn is not None:
-            saved.append((module, attr, fn))
-            timers[key] = _Timed(fn)
-            setattr(module, attr, timers[key])
-    timers["route"] = _Timed(engine.router.route)
-    timers["audit"] = _Timed(engine.audit.write_decisions)
+    # the engine's stages: one `wire.decode_scans` call per turn, then in `_decide` one
+    # compiled `Turn.run`, the audit write, the send
+    saved, timers = [(wire, "decode_scans", wire.decode_scans)], {}
+    timers["decode_scans"] = _Timed(wire.decode_scans)
+    wire.decode_scans = timers["decode_scans"]
+    engine._turn = turn_proxy = _TurnProxy(engine._turn)
+    timers["turn"] = turn_proxy.run
+    timers["audit"] = _Timed(engine.audit.write_message)
+    timers["audit_fallback"] = _Timed(engine.audit.write_decisions)
     timers["decide"] = _Timed(engine._decide)
-    engine.router.route = timers["route"]
-    engine.audit.write_decisions = timers["audit"]
+    engine.audit.write_message = timers["audit"]
+    engine.audit.write_decisions = timers["audit_fallback"]
     engine._decide = timers["decide"]
     engine.decisions = proxy = _SendProxy(engine.decisions)
     timers["send"] = proxy.send
@@ -801,17 +809,13 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                     if turn < warm or got != k:
                         continue
                     ns = {name: t.ns for name, t in timers.items()}
-                    ns.setdefault("concat", 0)
-                    decode = ns.get("decode_scan", 0) + ns.get("decode_scans", 0)
-                    batch_decode = ns.get("decode_scans", 0)   # outside the receive loop
+                    audit_ns = ns["audit"] + ns["audit_fallback"]
                     samples.append({
                         "total": total,
-                        "drain": total - ns["decide"] - ns["concat"] - batch_decode,
-                        "decode_scan": decode, "concat": ns["concat"],
-                        "route": ns["route"], "audit": ns["audit"],
-                        "encode": ns.get("encode", 0), "send": ns["send"],
-                        "other": ns["decide"] - ns["route"] - ns["audit"]
-                        - ns.get("encode", 0) - ns["send"]})
+                        "drain": total - ns["decide"] - ns["decode_scans"],
+                        "decode_scan": ns["decode_scans"], "turn": ns["turn"],
+                        "audit": audit_ns, "send": ns["send"],
+                        "other": ns["decide"] - ns["turn"] - audit_ns - ns["send"]})
                 while engine._route_queued():
                     pass
                 while pull.poll(50):
@@ -837,6 +841,7 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
         pull.close(0)
         ctx.term()
         engine.decisions = proxy._sock
+        engine._turn = turn_proxy._turn
         engine.config = config
         engine.close()
     one = [r for r in rows if r["events_per_message"] == 1]
@@ -845,11 +850,9 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
         b, a = np.polyfit([r["messages"] for r in one], [r["total"] for r in one], 1)
         fit = {"per_message_us": round(float(b), 2), "per_batch_us": round(float(a), 1)}
     return {"rows": rows, **fit, "audit_fsync_us": fsync_us, "repeats": repeats,
-            "decoder": "decode_scans (one call per turn)" if "decode_scans" in timers
-            else "decode_scan (per message)",
             "note": "in-process, back-to-back turns, no competing load; us per turn; "
-                    "drain = the receive loop (decode_scan included when per message, "
-                    "decode_scans excluded)"}
+                    "drain = the receive loop (decode_scans excluded); turn = the compiled "
+                    "route + audit encode + DECISION encode"}
 
 
 def _refined(lo: int, hi: int) -> int:
@@ -1179,10 +1182,9 @@ def report(r: dict) -> str:
         lines.append(
             f"  cost model (one engine turn, in-process, us): per one-event message "
             f"{(big['total'] - first['total']) / max(1, k - 1):.1f} (receive loop "
-            f"{big['drain'] / k:.1f}, decode {big['decode_scan'] / k:.1f}, concat "
-            f"{big['concat'] / k:.1f}); "
-            f"per turn {first['total']:.0f} (audit {first['audit']:.0f}, route {first['route']:.0f}, "
-            f"encode {first['encode']:.0f}, send {first['send']:.0f}, metrics etc. "
+            f"{big['drain'] / k:.1f}, decode {big['decode_scan'] / k:.1f}); "
+            f"per turn {first['total']:.0f} (compiled turn {first['turn']:.0f}, audit write "
+            f"{first['audit']:.0f}, send {first['send']:.0f}, counting etc. "
             f"{first['other']:.0f}); audit fsync {min(cm['audit_fsync_us']):.0f}-"
             f"{max(cm['audit_fsync_us']):.0f}")
     prof = (r["engine"].get("profile") or {}).get("inclusive_pct")
