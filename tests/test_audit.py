@@ -981,3 +981,27 @@ def test_fsync_from_timer_thread(tmp_path, fsyncs):
     w.close()
     assert fsyncs.count("file") >= 2
     assert read_audit(tmp_path).num_rows == 1000
+
+
+def test_writeback_is_started_between_fsyncs(tmp_path, monkeypatch):
+    """With an fsync interval the writer's thread starts the kernel's writeback of new bytes
+    every _WRITEBACK_S once _WRITEBACK_BYTES piled up: contiguous ranges from where the last
+    one ended, never past what was written, and no fsync before its time."""
+    calls = []
+    monkeypatch.setattr(audit, "_sync_file_range",
+                        lambda fd, start, n, flags: calls.append((start, n, flags)) or 0)
+    monkeypatch.setattr(audit, "_WRITEBACK_BYTES", 4096)
+    w = AuditWriter(tmp_path, fsync_interval_s=30.0, rotate_bytes=None)
+    try:
+        fsyncs = w.fsyncs
+        for k in range(5):
+            write(w, batch(200, start=200 * k), 200 * k, now_ns=T0 + k)
+            wait_for(lambda: calls and sum(n for _, n, _ in calls) + calls[0][0] >= w._file.tell())
+        assert calls[0][0] == 0
+        assert all(a + n == b for (a, n, _), (b, _, _) in zip(calls, calls[1:]))
+        assert calls[-1][0] + calls[-1][1] == w._file.tell()
+        assert {flags for _, _, flags in calls} == {audit._SYNC_FILE_RANGE_WRITE}
+        assert w.fsyncs == fsyncs                      # writeback is not an fsync
+    finally:
+        w.close()
+    assert read_audit(tmp_path).num_rows == 1000
