@@ -361,3 +361,17 @@ def _one_destination_plan():
                 destinations=[Destination("ALMATY", (1, 2), "fill_first")],
                 postcode_rules={"05": "ALMATY"}, country_rules={}, service_rules={},
                 manifest=None, recirculation_limit=3)
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    """write(2) may write less than asked (a signal, a full pipe, some file systems): every
+    piece of a file, the footer's packed Blocks included, is written to the end."""
+    import os
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(memoryview(data)[:7])))
+    root = tmp_path / "audit"
+    with AuditWriter(root, rotate_bytes=None, fsync_interval_s=None) as w:
+        for k in range(3):
+            w.write_malformed(b"\x00bad", "bad_magic: test", k, T0 + k)
+    (path,) = root.rglob("*.arrow")
+    assert ipc.open_file(path).read_all().column("decision_seq").to_pylist() == [0, 1, 2]
