@@ -15,7 +15,8 @@ def _ext(name: str) -> Extension:
 
 # _core: decode, resolve, route. _wire: the binary wire protocol, parsed into columns.
 # _audit: audit record batches as Arrow IPC messages. _turn: one engine turn, composed in C.
-extensions = [_ext("_core"), _ext("_wire"), _ext("_audit"), _ext("_turn")]
+# _zmqio: drain and send through the libzmq pyzmq loaded.
+extensions = [_ext("_core"), _ext("_wire"), _ext("_audit"), _ext("_turn"), _ext("_zmqio")]
 
 setup(
     ext_modules=cythonize(

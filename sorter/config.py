@@ -24,6 +24,7 @@ class EngineConfig:
     rcvhwm: int = 100_000                         # messages queued per input socket
     sndhwm: int = 100_000                         # decision messages queued for the PLC side
     linger_ms: int = 1000                         # how long close() may flush decisions
+    native_io: bool = True                        # drain/send through libzmq's C API if found
     max_frame: int = 16 * 1024 * 1024             # larger messages are malformed
     audit_dir: str = "audit"
     fsync_interval_s: float | None = 1.0          # 0: every batch; None: never (OS decides)
@@ -38,7 +39,7 @@ class EngineConfig:
 SECTIONS = {
     "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level"},
     "endpoints": {"scans", "decisions", "feedback", "control", "metrics"},
-    "zmq": {"rcvhwm", "sndhwm", "linger_ms"},
+    "zmq": {"rcvhwm", "sndhwm", "linger_ms", "native_io"},
     "audit": {"dir", "fsync_interval_s", "rotate_mb", "rotate_s"},
 }
 
@@ -74,7 +75,8 @@ def load_config(path: str | Path | None) -> EngineConfig:
             expected = types[name]
             if "float" in expected and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            ok = (value is None and "None" in expected) or any(
+            ok = (value is None and "None" in expected) or (
+                isinstance(value, bool) and expected == "bool") or any(
                 isinstance(value, t) and not isinstance(value, bool)
                 for t, n in ((int, "int"), (float, "float"), (str, "str")) if n in expected)
             if not ok:

@@ -99,6 +99,12 @@ class Engine:
         self.poller = zmq.Poller()
         for s in (self.scans, self.feedback, self.control):
             self.poller.register(s, zmq.POLLIN)
+        # drain and send through libzmq's C API when pyzmq's libzmq can be found (else None)
+        self._native_scans = self._native_decisions = None
+        if c.native_io:
+            from .zmq_native import native_socket
+            self._native_scans = native_socket(self.scans)
+            self._native_decisions = self._native_scans and native_socket(self.decisions)
         if c.metrics:
             self.endpoints["metrics"] = self._start_metrics(c.metrics)
         # The plan, tables and modules live for the whole run: keep them out of every
@@ -164,6 +170,7 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> None:
         _log(logging.INFO, "ready", endpoints=self.endpoints, plan=self.plan.name,
+             io="native" if self._native_scans is not None else "pyzmq",
              plan_version=self.plan.version, audit_dir=self.config.audit_dir,
              config=asdict(self.config))
         try:
@@ -205,15 +212,40 @@ class Engine:
     def _route_queued(self) -> int:
         """Drain up to batch_max queued events, route them, audit, send. Returns events.
 
-        Frames are only received here; one compiled call decodes them all (a malformed frame
-        is rejected alone and audited). A lone message, the usual case at low rates, is seen
-        to be alone with one ZMQ_EVENTS check (~2 us); raising zmq.Again costs ~6 us, so the
-        queue is read until Again only when there was more than one."""
+        Frames are received here only: in one C loop through libzmq's C API (`native_io`),
+        else by pyzmq; one compiled call decodes them all (a malformed frame is rejected
+        alone and audited)."""
+        if self._native_scans is not None:
+            frames, times = self._native_scans.drain(self.config.batch_max)
+            if not frames:
+                return 0
+        else:
+            frames, times = self._drain_pyzmq()
+            if not frames:
+                return 0
+        self.metrics.messages += len(frames)
+        scans = wire.decode_scans(frames, limits=self._limits)
+        if scans.errors:
+            for index, error in scans.errors:
+                self._malformed(frames[index], error, int(times[index]))
+        if len(scans.seq) == 0:
+            return 0
+        # receive time per event: one frame (the usual case) needs no per-event array
+        recv_ns = int(times[0]) if len(frames) == 1 else (
+            np.asarray(times, np.int64)[scans.frame_of_event()])
+        self._decide(scans.events, scans.seq, recv_ns)
+        return len(scans.seq)
+
+    def _drain_pyzmq(self) -> tuple[list[bytes], list[int]]:
+        """The queued frames (up to batch_max events) and their receive times, by pyzmq. A
+        lone message, the usual case at low rates, is seen to be alone with one ZMQ_EVENTS
+        check (~2 us); raising zmq.Again costs ~6 us, so the queue is read until Again only
+        when there was more than one."""
         scans, clock = self.scans, time.time_ns
         try:
             frame = scans.recv(zmq.NOBLOCK)
         except zmq.Again:
-            return 0
+            return [], []
         frames, times = [frame], [clock()]
         n = int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
         limit = self.config.batch_max
@@ -226,18 +258,7 @@ class Engine:
                 frames.append(frame)
                 times.append(clock())
                 n += int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
-        self.metrics.messages += len(frames)
-        scans = wire.decode_scans(frames, limits=self._limits)
-        if scans.errors:
-            for index, error in scans.errors:
-                self._malformed(frames[index], error, times[index])
-        if len(scans.seq) == 0:
-            return 0
-        # receive time per event: one frame (the usual case) needs no per-event array
-        recv_ns = times[0] if len(frames) == 1 else (
-            np.array(times, np.int64)[scans.frame_of_event()])
-        self._decide(scans.events, scans.seq, recv_ns)
-        return len(scans.seq)
+        return frames, times
 
     def _decide(self, batch, seq: np.ndarray, recv_ns) -> None:
         """Route, audit, send one batch: the routing and both encodings in one compiled call
@@ -258,9 +279,15 @@ class Engine:
         else:                                     # reads that are not UTF-8: pyarrow transcodes
             self.audit.write_decisions(batch, seq, Decisions(*turn.decisions()), first,
                                        self._names, self.router.plan.version, now)
-        try:
-            self.decisions.send(message, zmq.NOBLOCK)
-        except zmq.Again:
+        if self._native_decisions is not None:
+            delivered = self._native_decisions.send(message)
+        else:
+            try:
+                self.decisions.send(message, zmq.NOBLOCK)
+                delivered = True
+            except zmq.Again:
+                delivered = False
+        if not delivered:
             self.metrics.decisions_undelivered += n
             if self.metrics.decisions_undelivered == n:
                 _log(logging.WARNING, "decisions undelivered: PLC side absent or slow",
