@@ -26,6 +26,8 @@ from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR
 from posix.unistd cimport write as c_write
 
+from sorter._columns cimport column_data
+
 if sys.byteorder != "little":        # the layout below stores host integers as they are
     raise ImportError("sorter._audit writes little-endian Arrow IPC and needs a little-endian host")
 
@@ -85,26 +87,6 @@ cdef void _template(uint8_t* m) noexcept nogil:
     st32(m + 60, 324 - 60)
     st32(m + 76, N_NODES)
     st32(m + 324, N_BUFFERS)
-
-
-cdef inline const void* _col(object values, int typenum, Py_ssize_t n, str name) except NULL:
-    """The data of a 1-d, aligned, contiguous array of `typenum` with n entries (n < 0: any).
-    Arrays only, checked through the NumPy C API: a typed memoryview costs ~0.3 us to acquire,
-    and a one-event batch has 14 of them. TypeError for anything else (the caller converts),
-    ValueError for a wrong length."""
-    cdef cnp.ndarray a
-    if not isinstance(values, cnp.ndarray):
-        raise TypeError(f"{name}: expected a numpy array")
-    a = <cnp.ndarray> values
-    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1
-            or not cnp.PyArray_ISCARRAY_RO(a)):
-        raise TypeError(f"{name}: expected a contiguous 1-d array of another dtype")
-    if n >= 0 and cnp.PyArray_DIM(a, 0) != n:
-        raise ValueError(f"{name} has {cnp.PyArray_DIM(a, 0)} entries, the batch {n}")
-    return cnp.PyArray_DATA(a) if cnp.PyArray_DIM(a, 0) else <const void*> _EMPTY
-
-
-cdef uint64_t _EMPTY[1]
 
 
 cdef bint valid_utf8(const uint8_t* p, Py_ssize_t n) noexcept nogil:
@@ -248,19 +230,19 @@ cdef class DecisionEncoder:
         cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray> chute_)
         if n == 0:
             raise ValueError("an audit record batch needs at least one decision")
-        cdef const uint16_t* chute = <const uint16_t*> _col(chute_, cnp.NPY_UINT16, n, "chute")
-        cdef const uint16_t* scanner = <const uint16_t*> _col(scanner_ids, cnp.NPY_UINT16, n, "scanner_ids")
-        cdef const uint64_t* parcel = <const uint64_t*> _col(parcel_ids, cnp.NPY_UINT64, n, "parcel_ids")
-        cdef const uint64_t* seqs = <const uint64_t*> _col(seq, cnp.NPY_UINT64, n, "seq")
-        cdef const int32_t* eo = <const int32_t*> _col(event_offsets, cnp.NPY_INT32, n + 1, "event_offsets")
-        cdef const int32_t* ro = <const int32_t*> _col(read_offsets, cnp.NPY_INT32, -1, "read_offsets")
-        cdef const uint8_t* bytes_ = <const uint8_t*> _col(data, cnp.NPY_UINT8, -1, "data")
-        cdef const uint8_t* reason = <const uint8_t*> _col(reason_, cnp.NPY_UINT8, n, "reason")
-        cdef const int32_t* destination = <const int32_t*> _col(destination_, cnp.NPY_INT32, n, "destination")
-        cdef const int32_t* name_offsets = <const int32_t*> _col(name_offsets_, cnp.NPY_INT32, -1, "name_offsets")
-        cdef const uint8_t* name_data = <const uint8_t*> _col(name_data_, cnp.NPY_UINT8, -1, "name_data")
-        cdef const int64_t* scan_ts = <const int64_t*> _col(scan_ts_, cnp.NPY_INT64, n, "ts_ns")
-        cdef const uint8_t* recirc = <const uint8_t*> _col(recirculations, cnp.NPY_UINT8, n, "recirculations")
+        cdef const uint16_t* chute = <const uint16_t*> column_data(chute_, cnp.NPY_UINT16, n, "chute")
+        cdef const uint16_t* scanner = <const uint16_t*> column_data(scanner_ids, cnp.NPY_UINT16, n, "scanner_ids")
+        cdef const uint64_t* parcel = <const uint64_t*> column_data(parcel_ids, cnp.NPY_UINT64, n, "parcel_ids")
+        cdef const uint64_t* seqs = <const uint64_t*> column_data(seq, cnp.NPY_UINT64, n, "seq")
+        cdef const int32_t* eo = <const int32_t*> column_data(event_offsets, cnp.NPY_INT32, n + 1, "event_offsets")
+        cdef const int32_t* ro = <const int32_t*> column_data(read_offsets, cnp.NPY_INT32, -1, "read_offsets")
+        cdef const uint8_t* bytes_ = <const uint8_t*> column_data(data, cnp.NPY_UINT8, -1, "data")
+        cdef const uint8_t* reason = <const uint8_t*> column_data(reason_, cnp.NPY_UINT8, n, "reason")
+        cdef const int32_t* destination = <const int32_t*> column_data(destination_, cnp.NPY_INT32, n, "destination")
+        cdef const int32_t* name_offsets = <const int32_t*> column_data(name_offsets_, cnp.NPY_INT32, -1, "name_offsets")
+        cdef const uint8_t* name_data = <const uint8_t*> column_data(name_data_, cnp.NPY_UINT8, -1, "name_data")
+        cdef const int64_t* scan_ts = <const int64_t*> column_data(scan_ts_, cnp.NPY_INT64, n, "ts_ns")
+        cdef const uint8_t* recirc = <const uint8_t*> column_data(recirculations, cnp.NPY_UINT8, n, "recirculations")
         cdef Py_ssize_t n_reads = cnp.PyArray_SIZE(<cnp.ndarray> read_offsets) - 1
         cdef Py_ssize_t n_bytes = cnp.PyArray_SIZE(<cnp.ndarray> data)
         cdef Py_ssize_t n_names = cnp.PyArray_SIZE(<cnp.ndarray> name_offsets_) - 1

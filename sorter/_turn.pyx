@@ -14,6 +14,7 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from sorter._audit cimport DecisionEncoder
+from sorter._columns cimport column_data
 from sorter._core cimport CoreRouter
 from sorter._wire cimport encode_decisions_c
 
@@ -24,21 +25,6 @@ from sorter.codes import REASONS as _REASONS
 cnp.import_array()
 
 cdef int N_REASONS = len(_REASONS)
-cdef uint8_t EMPTY[1]
-
-
-cdef inline const void* _arr(object values, int typenum, Py_ssize_t n, str name) except NULL:
-    """The data of a contiguous 1-d array of typenum with n entries (n < 0: any length)."""
-    cdef cnp.ndarray a
-    if not isinstance(values, cnp.ndarray):
-        raise TypeError(f"{name}: expected a numpy array")
-    a = <cnp.ndarray> values
-    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1
-            or not cnp.PyArray_ISCARRAY_RO(a)):
-        raise TypeError(f"{name}: expected a contiguous 1-d array of its audit type")
-    if n >= 0 and cnp.PyArray_DIM(a, 0) != n:
-        raise ValueError(f"{name} has {cnp.PyArray_DIM(a, 0)} entries, expected {n}")
-    return cnp.PyArray_DATA(a) if cnp.PyArray_DIM(a, 0) else <const void*> EMPTY
 
 
 cdef bint _bad_offsets(const int32_t* o, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
@@ -98,16 +84,16 @@ cdef class Turn:
             event_offsets, cnp.ndarray) else -1
         if n < 1:
             raise ValueError("a turn needs at least one event (event_offsets of n + 1 >= 2)")
-        cdef const int32_t* eo = <const int32_t*> _arr(event_offsets, cnp.NPY_INT32, n + 1, "event_offsets")
-        cdef const int32_t* ro = <const int32_t*> _arr(read_offsets, cnp.NPY_INT32, -1, "read_offsets")
-        cdef const uint8_t* bytes_ = <const uint8_t*> _arr(data, cnp.NPY_UINT8, -1, "data")
-        cdef const uint64_t* pid = <const uint64_t*> _arr(parcel_ids, cnp.NPY_UINT64, n, "parcel_ids")
-        cdef const uint16_t* sc = <const uint16_t*> _arr(scanner_ids, cnp.NPY_UINT16, n, "scanner_ids")
-        cdef const int64_t* ts = <const int64_t*> _arr(ts_ns, cnp.NPY_INT64, n, "ts_ns")
-        cdef const uint8_t* rc = <const uint8_t*> _arr(recirculations, cnp.NPY_UINT8, n, "recirculations")
-        cdef const uint64_t* sq = <const uint64_t*> _arr(seq, cnp.NPY_UINT64, n, "seq")
-        cdef const int32_t* no = <const int32_t*> _arr(name_offsets, cnp.NPY_INT32, -1, "name_offsets")
-        cdef const uint8_t* nd = <const uint8_t*> _arr(name_data, cnp.NPY_UINT8, -1, "name_data")
+        cdef const int32_t* eo = <const int32_t*> column_data(event_offsets, cnp.NPY_INT32, n + 1, "event_offsets")
+        cdef const int32_t* ro = <const int32_t*> column_data(read_offsets, cnp.NPY_INT32, -1, "read_offsets")
+        cdef const uint8_t* bytes_ = <const uint8_t*> column_data(data, cnp.NPY_UINT8, -1, "data")
+        cdef const uint64_t* pid = <const uint64_t*> column_data(parcel_ids, cnp.NPY_UINT64, n, "parcel_ids")
+        cdef const uint16_t* sc = <const uint16_t*> column_data(scanner_ids, cnp.NPY_UINT16, n, "scanner_ids")
+        cdef const int64_t* ts = <const int64_t*> column_data(ts_ns, cnp.NPY_INT64, n, "ts_ns")
+        cdef const uint8_t* rc = <const uint8_t*> column_data(recirculations, cnp.NPY_UINT8, n, "recirculations")
+        cdef const uint64_t* sq = <const uint64_t*> column_data(seq, cnp.NPY_UINT64, n, "seq")
+        cdef const int32_t* no = <const int32_t*> column_data(name_offsets, cnp.NPY_INT32, -1, "name_offsets")
+        cdef const uint8_t* nd = <const uint8_t*> column_data(name_data, cnp.NPY_UINT8, -1, "name_data")
         cdef Py_ssize_t n_reads = cnp.PyArray_SIZE(read_offsets) - 1
         cdef Py_ssize_t n_names = cnp.PyArray_SIZE(name_offsets) - 1
         if n_reads < 0 or n_names < 0:
@@ -157,7 +143,7 @@ cdef class Turn:
         if isinstance(recv_ns, int):
             one = recv_ns
         else:
-            recv = <const int64_t*> _arr(recv_ns, cnp.NPY_INT64, n, "recv_ns")
+            recv = <const int64_t*> column_data(recv_ns, cnp.NPY_INT64, n, "recv_ns")
         cdef uint8_t* cr = <uint8_t*> cnp.PyArray_DATA(self._c_reason) + start
         cdef int64_t* cs = <int64_t*> cnp.PyArray_DATA(self._c_scan) + start
         cdef int64_t* ce = <int64_t*> cnp.PyArray_DATA(self._c_engine) + start
