@@ -20,7 +20,6 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 
 import sys
 
-import numpy as np
 import zmq
 
 cnp.import_array()
