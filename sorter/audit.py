@@ -12,7 +12,8 @@ survives SIGKILL. The files are standard Arrow IPC files, but their bytes are la
 (`_IpcFile`): pyarrow serializes the schema and dictionary once, the compiled
 `sorter._audit.DecisionEncoder` encodes each decision batch (pyarrow's batch assembly cost
 ~80 us per one-event batch, the engine's largest fixed cost per turn), and the footer is built
-from the recorded block positions when the file is sealed; fsync per policy bounds what a power loss can take, and with an interval the
+from the recorded block positions when the file is sealed. fsync per policy bounds what a
+power loss can take, and with an interval the
 writer's own thread fsyncs and seals rotated files, so writes never wait for the disk. A file
 is written under a hidden name (leading `_`, suffix `.part`: `pyarrow.dataset` skips names
 starting with `_`, a `**/*.arrow` glob skips the suffix) and renamed to its final name once
@@ -321,7 +322,9 @@ def _prelude() -> tuple[bytes, tuple[int, int, int], bytes]:
         raise RuntimeError(f"unexpected IPC stream from pyarrow: {[m.type for m in messages]}")
     head = _IPC_MAGIC + b"\x00\x00" + schema.serialize().to_pybytes()
     block = (len(head), 8 + dictionary.metadata.size, dictionary.body.size)
-    return head + dictionary.serialize().to_pybytes(), block, schema.metadata.to_pybytes()
+    flatbuffer = schema.metadata.to_pybytes()
+    flatbuffer += bytes(-len(flatbuffer) % 8)       # the footer lays it out 8-aligned
+    return head + dictionary.serialize().to_pybytes(), block, flatbuffer
 
 
 _PRELUDE, _DICTIONARY_BLOCK, _SCHEMA_FLATBUFFER = _prelude()
@@ -349,7 +352,7 @@ def _footer(blocks: "_Blocks") -> tuple[bytes, np.ndarray]:
     schema_at = 40 + field + _u32(blob, field)
     dicts_at = 40 + len(blob)                       # 8-aligned; its count at +4
     batches_at = dicts_at + 8 + 24
-    n = len(blocks.offset)
+    n = len(blocks)
     out = bytearray(batches_at + 8)
     struct.pack_into("<I6H", out, 0, 16, 12, 20, 4, 8, 12, 16)
     struct.pack_into("<ihxxIII", out, 16, 12, 4, schema_at - 24, dicts_at + 4 - 28,

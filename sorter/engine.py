@@ -104,7 +104,8 @@ class Engine:
         if c.native_io:
             from .zmq_native import native_socket
             self._native_scans = native_socket(self.scans)
-            self._native_decisions = self._native_scans and native_socket(self.decisions)
+            if self._native_scans is not None:
+                self._native_decisions = native_socket(self.decisions)
         if c.metrics:
             self.endpoints["metrics"] = self._start_metrics(c.metrics)
         # The plan, tables and modules live for the whole run: keep them out of every
@@ -215,14 +216,10 @@ class Engine:
         Frames are received here only: in one C loop through libzmq's C API (`native_io`),
         else by pyzmq; one compiled call decodes them all (a malformed frame is rejected
         alone and audited)."""
-        if self._native_scans is not None:
-            frames, times = self._native_scans.drain(self.config.batch_max)
-            if not frames:
-                return 0
-        else:
-            frames, times = self._drain_pyzmq()
-            if not frames:
-                return 0
+        frames, times = (self._native_scans.drain(self.config.batch_max)
+                         if self._native_scans is not None else self._drain_pyzmq())
+        if not frames:
+            return 0
         self.metrics.messages += len(frames)
         scans = wire.decode_scans(frames, limits=self._limits)
         if scans.errors:
