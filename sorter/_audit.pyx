@@ -26,7 +26,7 @@ from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR
 from posix.unistd cimport write as c_write
 
-from sorter._columns cimport column_data
+from sorter._columns cimport column_data, offsets_bad
 
 if sys.byteorder != "little":        # the layout below stores host integers as they are
     raise ImportError("sorter._audit writes little-endian Arrow IPC and needs a little-endian host")
@@ -248,10 +248,12 @@ cdef class DecisionEncoder:
         cdef Py_ssize_t n_names = cnp.PyArray_SIZE(<cnp.ndarray> name_offsets_) - 1
         if n_reads < 0 or n_names < 0:
             raise ValueError("offsets need at least one entry")
-        if eo[0] < 0 or eo[n] < eo[0] or eo[n] > n_reads:
-            raise ValueError("event_offsets point outside read_offsets")
-        if ro[eo[0]] < 0 or ro[eo[n]] < ro[eo[0]] or ro[eo[n]] > n_bytes:
-            raise ValueError("read_offsets point outside data")
+        if offsets_bad(eo, n + 1, n_reads):
+            raise ValueError("event_offsets are not non-decreasing offsets into read_offsets")
+        if offsets_bad(ro, n_reads + 1, n_bytes):
+            raise ValueError("read_offsets are not non-decreasing offsets into data")
+        if offsets_bad(name_offsets, n_names + 1, cnp.PyArray_SIZE(<cnp.ndarray> name_data_)):
+            raise ValueError("name_offsets are not non-decreasing offsets into name_data")
         return self.encode_c(now_ns, n, scanner, parcel, seqs, first_decision_seq, eo, ro,
                              bytes_, chute, reason, destination, name_offsets, n_names,
                              name_data, <const uint8_t*> (<char*> plan_version_),

@@ -2,6 +2,7 @@
 # sorter._turn): through the NumPy C API, ~20 ns an array; a typed memoryview costs ~0.3 us
 # to acquire, and a one-event batch has a dozen or more of them.
 cimport numpy as cnp
+from libc.stdint cimport int32_t
 
 
 cdef inline const void* column_data(object values, int typenum, Py_ssize_t n,
@@ -24,3 +25,15 @@ cdef inline const void* column_data(object values, int typenum, Py_ssize_t n,
     if p == NULL:
         raise ValueError(f"{name}: an array without data")
     return p
+
+
+cdef inline bint offsets_bad(const int32_t* o, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
+    """True unless o[0..n-1] (n >= 1) are non-decreasing within 0..limit: what the encoders
+    need before they trust offsets to size and copy buffers."""
+    cdef Py_ssize_t i
+    if n < 1 or o[0] < 0 or o[n - 1] > limit:
+        return True
+    for i in range(1, n):
+        if o[i] < o[i - 1]:
+            return True
+    return False

@@ -14,7 +14,7 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from sorter._audit cimport DecisionEncoder
-from sorter._columns cimport column_data
+from sorter._columns cimport column_data, offsets_bad
 from sorter._core cimport CoreRouter
 from sorter._wire cimport encode_decisions_c
 
@@ -25,17 +25,6 @@ from sorter.codes import REASONS as _REASONS
 cnp.import_array()
 
 cdef int N_REASONS = len(_REASONS)
-
-
-cdef bint _bad_offsets(const int32_t* o, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
-    """True unless o[0..n-1] are non-decreasing within 0..limit (n >= 1)."""
-    cdef Py_ssize_t i
-    if o[0] < 0 or o[n - 1] > limit:
-        return True
-    for i in range(1, n):
-        if o[i] < o[i - 1]:
-            return True
-    return False
 
 
 cdef class Turn:
@@ -98,8 +87,8 @@ cdef class Turn:
         cdef Py_ssize_t n_names = cnp.PyArray_SIZE(name_offsets) - 1
         if n_reads < 0 or n_names < 0:
             raise ValueError("offsets need at least one entry")
-        if (_bad_offsets(eo, n + 1, n_reads) or _bad_offsets(ro, n_reads + 1, cnp.PyArray_SIZE(data))
-                or _bad_offsets(no, n_names + 1, cnp.PyArray_SIZE(name_data))):
+        if (offsets_bad(eo, n + 1, n_reads) or offsets_bad(ro, n_reads + 1, cnp.PyArray_SIZE(data))
+                or offsets_bad(no, n_names + 1, cnp.PyArray_SIZE(name_data))):
             raise ValueError("offsets are not non-decreasing offsets into their data")
         if cnp.PyArray_DIM(self._chute, 0) < n:
             self._grow(n)

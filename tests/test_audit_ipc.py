@@ -160,6 +160,16 @@ def test_encoder_refuses_bad_columns():
     broken.read_offsets = np.array([0, 1, 50], np.int32)
     with pytest.raises(ValueError, match="read_offsets"):
         encode(enc, broken, dec, seq, 0, ["A", "B"], "v", T0)
+    broken = EventBatch.from_reads([[b"A"], [b"B"], []])
+    broken.event_offsets = np.array([0, 2, 1, 2], np.int32)
+    with pytest.raises(ValueError, match="event_offsets"):
+        encode(enc, broken, dec, seq, 0, ["A", "B"], "v", T0)
+    offsets, data = arrow_offsets_data(names_array(["A", "B"]))
+    with pytest.raises(ValueError, match="name_offsets"):
+        enc.encode(T0, ev.scanner_ids, ev.parcel_ids, seq, 0, ev.event_offsets,
+                   ev.read_offsets, ev.data, dec.chute, dec.reason, dec.destination,
+                   np.array([0, 5, 1], np.int32), data, b"v", ev.ts_ns, ev.recirculations,
+                   len(REASONS))
     with pytest.raises(ValueError, match="at least one"):
         encode(enc, EventBatch.from_reads([]), Decisions(np.zeros(0, np.uint16),
                np.zeros(0, np.uint8), np.zeros(0, np.int32)), np.zeros(0, np.uint64), 0, ["A"],
