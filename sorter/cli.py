@@ -197,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan=args.plan, scans=args.scans, decisions=args.decisions, feedback=args.feedback,
         control=args.control, metrics=args.metrics, audit_dir=args.audit_dir,
         deadline_ms=args.deadline_ms, batch_max=args.batch_max,
-        fsync_interval_s=args.fsync_interval, log_level=args.log_level)
+        fsync_interval_s=args.fsync_interval, log_level=args.log_level,
+        native_io=args.native_io)
     return run(config)
 
 
@@ -224,6 +225,9 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fsync-interval", type=float, default=None, metavar="S",
                    help="fsync the audit at most every S seconds (0: every batch)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--native-io", action=argparse.BooleanOptionalAction, default=None,
+                   help="drain scans and send decisions through libzmq's C API when pyzmq's "
+                        "libzmq is found (default), or through pyzmq")
     p.set_defaults(func=cmd_run)
 
 

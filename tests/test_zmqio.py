@@ -112,11 +112,12 @@ def test_native_socket_needs_every_symbol(pair):
         _zmqio.NativeSocket(pair[0], {name: 1 for name in _zmqio.SYMBOLS if name != "zmq_send"})
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_engine_on_either_io_path(tmp_path, native):
+@pytest.mark.parametrize("native,how", [(True, "config"), (False, "config"), (False, "flag")])
+def test_engine_on_either_io_path(tmp_path, native, how):
     config = tmp_path / "engine.toml"
-    config.write_text(f"[zmq]\nnative_io = {'true' if native else 'false'}\n")
-    engine = EngineProcess(tmp_path, "--config", str(config))
+    config.write_text(f"[zmq]\nnative_io = {'true' if native or how == 'flag' else 'false'}\n")
+    args = ["--config", str(config)] + (["--no-native-io"] if how == "flag" else [])
+    engine = EngineProcess(tmp_path, *args)
     try:
         ready = next(e for e in engine.log if e.get("event") == "ready")
         assert ready["io"] == ("native" if native and SYMBOLS is not None else "pyzmq")
