@@ -720,16 +720,22 @@ cdef dict _TYPENAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT8: "uint8", cnp.NPY_
                         cnp.NPY_INT64: "int64"}
 
 
+cdef inline bint _is_vector(object values, int typenum, bint writable):
+    """A contiguous 1-d ndarray of typenum (writable too, if asked)."""
+    cdef cnp.ndarray a
+    if not isinstance(values, cnp.ndarray):
+        return False
+    a = <cnp.ndarray> values
+    return (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1
+            and (cnp.PyArray_ISCARRAY(a) if writable else cnp.PyArray_ISCARRAY_RO(a)))
+
+
 cdef cnp.ndarray _input(object values, int typenum, str name):
     """`values` as a contiguous 1-d array of typenum: itself when it is one, else a copy of a
     buffer of that type (ValueError for another type: values are never cast)."""
-    cdef cnp.ndarray a
-    if isinstance(values, cnp.ndarray):
-        a = <cnp.ndarray> values
-        if (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1
-                and cnp.PyArray_ISCARRAY_RO(a)):
-            return a
-    a = np.ascontiguousarray(values)
+    if _is_vector(values, typenum, False):
+        return <cnp.ndarray> values
+    cdef cnp.ndarray a = np.ascontiguousarray(values)
     if cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1:
         raise ValueError(f"{name}: expected a 1-d {_TYPENAMES[typenum]} "
                          f"array, got {a.dtype} with {a.ndim} dimension(s)")
@@ -737,12 +743,9 @@ cdef cnp.ndarray _input(object values, int typenum, str name):
 
 
 cdef cnp.ndarray _output(object values, int typenum, str name):
-    cdef cnp.ndarray a
-    if isinstance(values, cnp.ndarray):
-        a = <cnp.ndarray> values
-        if (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1
-                and cnp.PyArray_ISCARRAY(a)):
-            return a
+    """`values` itself, which must be a writable contiguous 1-d array of typenum."""
+    if _is_vector(values, typenum, True):
+        return <cnp.ndarray> values
     raise ValueError(f"{name}: expected a writable contiguous 1-d "
                      f"{_TYPENAMES[typenum]} array")
 

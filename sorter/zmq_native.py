@@ -10,6 +10,7 @@ extension, a version that differs) gives None, and the engine stays on pyzmq.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from pathlib import Path
 
@@ -28,9 +29,10 @@ def _mapped_libzmq() -> str | None:
     return None
 
 
+@functools.cache
 def libzmq_symbols() -> dict[str, int] | None:
     """{name: address} of the functions `sorter._zmqio` calls, from pyzmq's libzmq; None
-    when that library cannot be established."""
+    when that library cannot be established. Looked up once per process."""
     if sys.platform != "linux":
         return None
     from . import _zmqio
