@@ -38,6 +38,12 @@ def pair():
         s.setsockopt(zmq.LINGER, 0)
     push.bind("tcp://127.0.0.1:*")
     pull.connect(push.getsockopt_string(zmq.LAST_ENDPOINT))
+    # connect() returns before the TCP handshake: until it completes a PUSH has no peer and a
+    # non-blocking send is EAGAIN. One blocking round trip makes the pair ready.
+    pull.setsockopt(zmq.RCVTIMEO, 5000)
+    push.send(b"ready")
+    assert pull.recv() == b"ready"
+    pull.setsockopt(zmq.RCVTIMEO, -1)
     yield push, pull
     push.close(0)
     pull.close(0)
