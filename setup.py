@@ -15,8 +15,9 @@ def _ext(name: str) -> Extension:
 
 # _core: decode, resolve, route. _wire: the binary wire protocol, parsed into columns.
 # _audit: audit record batches as Arrow IPC messages. _turn: one engine turn, composed in C.
-# _zmqio: drain and send through the libzmq pyzmq loaded.
-extensions = [_ext("_core"), _ext("_wire"), _ext("_audit"), _ext("_turn"), _ext("_zmqio")]
+# _zmqio: drain and send through the libzmq pyzmq loaded. _line: the scan turns in C, over it.
+extensions = [_ext("_core"), _ext("_wire"), _ext("_audit"), _ext("_turn"), _ext("_zmqio"),
+              _ext("_line")]
 
 setup(
     ext_modules=cythonize(

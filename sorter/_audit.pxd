@@ -1,5 +1,8 @@
-# C-level face of sorter._audit: the encoder, for compiled callers (sorter._turn).
+# C-level face of sorter._audit: the encoder, for compiled callers (sorter._turn, sorter._line).
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
+
+
+cdef bint utf8_ok(const uint8_t* p, Py_ssize_t n) noexcept nogil
 
 
 cdef class DecisionEncoder:
@@ -22,3 +25,4 @@ cdef class DecisionEncoder:
                              Py_ssize_t n_names, const uint8_t* name_data,
                              const uint8_t* plan_version, Py_ssize_t pv, const int64_t* scan_ts,
                              const uint8_t* recirc, int n_reasons) except -2
+    cdef Py_ssize_t write_c(self, int fd) except -1

@@ -141,6 +141,11 @@ cdef bint all_ascii(const uint8_t* p, Py_ssize_t n) noexcept nogil:
     return (acc & 0x8080808080808080ULL) == 0
 
 
+cdef bint utf8_ok(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """Whether the encoder takes reads of these bytes (all of a batch's read bytes)."""
+    return n == 0 or all_ascii(p, n) or valid_utf8(p, n)
+
+
 cdef class DecisionEncoder:
     """Encodes one batch of decisions as one IPC record-batch message of AUDIT_SCHEMA into a
     buffer it owns (grown as needed, reused), and writes it to a file descriptor.
@@ -298,7 +303,7 @@ cdef class DecisionEncoder:
         if bad >= 0:
             raise IndexError(f"destination {destination[bad]} out of range: "
                              f"{n_names} destination names")
-        if nd and not all_ascii(bytes_ + d0, nd) and not valid_utf8(bytes_ + d0, nd):
+        if not utf8_ok(bytes_ + d0, nd):
             return -1
         bound = (MESSAGE_HEADER + 8 * N_BUFFERS + n * (8 + 2 + 8 + 8 + 8 + 4 + 2 + 1 + 4 + 4 + 8 + 1 + 4 + 4)
                  + 4 * (nr + 1) + nd + names + n * pv + 3 * ((n + 7) // 8) + 64)
@@ -385,6 +390,10 @@ cdef class DecisionEncoder:
         """Write the last encoded message to `fd` (all of it; EINTR retried). Returns its
         length. Raises OSError; bytes already written then stay (a torn tail, which readers
         and `sorter.audit.recover` drop)."""
+        return self.write_c(fd)
+
+    cdef Py_ssize_t write_c(self, int fd) except -1:
+        """`write`, for compiled callers (the GIL is released around write(2))."""
         cdef Py_ssize_t done = 0, k
         cdef int err = 0
         with nogil:

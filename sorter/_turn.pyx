@@ -13,9 +13,9 @@ sends the decision message.
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from sorter._audit cimport DecisionEncoder
 from sorter._columns cimport column_data, offsets_bad
 from sorter._core cimport CoreRouter
+from sorter._audit cimport DecisionEncoder
 from sorter._wire cimport encode_decisions_c
 
 import numpy as np
@@ -34,16 +34,6 @@ cdef class Turn:
     when a read is not UTF-8: write that batch through `AuditWriter.write_decisions`) and
     returns its DECISION message. `count(sent_ns, recv_ns)` then keeps the batch's figures
     until `take_counts()` hands them over for the metrics fold."""
-    cdef readonly DecisionEncoder encoder
-    cdef cnp.ndarray _chute, _reason, _dest
-    cdef readonly Py_ssize_t n
-    cdef readonly Py_ssize_t audit_length
-    cdef const int64_t* _ts                   # scan times of the last batch (held by _ts_ref)
-    cdef object _ts_ref
-    # per event since take_counts(): reason, scan -> sent, received -> sent
-    cdef cnp.ndarray _c_reason, _c_scan, _c_engine
-    cdef Py_ssize_t _counted, _batches
-
     def __cinit__(self, Py_ssize_t capacity=1024, Py_ssize_t count_capacity=1 << 16):
         self.encoder = DecisionEncoder()
         self._grow(max(capacity, 1))
@@ -90,12 +80,28 @@ cdef class Turn:
         if (offsets_bad(eo, n + 1, n_reads) or offsets_bad(ro, n_reads + 1, cnp.PyArray_SIZE(data))
                 or offsets_bad(no, n_names + 1, cnp.PyArray_SIZE(name_data))):
             raise ValueError("offsets are not non-decreasing offsets into their data")
+        message = self.run_c(router, n, pid, sc, ts, rc, eo, ro, bytes_, sq, now_ns,
+                             deadline_ns, first_decision_seq, plan_version, no, n_names, nd,
+                             batch_seq, max_frame, max_records)
+        self._ts_ref = ts_ns
+        return message
+
+    cdef bytes run_c(self, CoreRouter router, Py_ssize_t n, const uint64_t* pid,
+                     const uint16_t* sc, const int64_t* ts, const uint8_t* rc,
+                     const int32_t* eo, const int32_t* ro, const uint8_t* bytes_,
+                     const uint64_t* sq, int64_t now_ns, int64_t deadline_ns,
+                     uint64_t first_decision_seq, bytes plan_version, const int32_t* no,
+                     Py_ssize_t n_names, const uint8_t* nd, uint32_t batch_seq,
+                     Py_ssize_t max_frame, Py_ssize_t max_records):
+        """`run` on checked columns. The scan times `ts` must stay valid until `count_c`
+        (the caller owns them)."""
         if cnp.PyArray_DIM(self._chute, 0) < n:
             self._grow(n)
         cdef uint16_t* chute = <uint16_t*> cnp.PyArray_DATA(self._chute)
         cdef uint8_t* reason = <uint8_t*> cnp.PyArray_DATA(self._reason)
         cdef int32_t* dest = <int32_t*> cnp.PyArray_DATA(self._dest)
         self.n = 0
+        self._ts_ref = None
         router.route_c(eo, ro, bytes_, rc, ts, now_ns, deadline_ns, chute, reason, dest, n)
         message = encode_decisions_c(<const uint8_t*> (<char*> plan_version), len(plan_version),
                                      n, pid, sq, NULL, first_decision_seq, chute, reason, sc,
@@ -106,7 +112,6 @@ cdef class Turn:
             N_REASONS)
         self.n = n
         self._ts = ts
-        self._ts_ref = ts_ns
         return message
 
     def decisions(self):
@@ -117,22 +122,33 @@ cdef class Turn:
         """Keep the last batch's reasons and latencies (scan -> sent, received -> sent;
         `recv_ns` an int for the whole batch or an int64 array per event). Returns False
         (nothing kept) when the buffers are full: `take_counts()` first, then again."""
-        cdef Py_ssize_t n = self.n, i, start = self._counted
         cdef const int64_t* recv = NULL
         cdef int64_t one = 0
-        if n == 0:
+        if self.n == 0:
             return True
-        if start + n > cnp.PyArray_DIM(self._c_reason, 0):
-            if start == 0:                    # larger than the buffers: make room
-                self._c_reason = np.empty(n, np.uint8)
-                self._c_scan = np.empty(n, np.int64)
-                self._c_engine = np.empty(n, np.int64)
-            else:
-                return False
+        if not self.has_room(self.n):
+            return False
         if isinstance(recv_ns, int):
             one = recv_ns
         else:
-            recv = <const int64_t*> column_data(recv_ns, cnp.NPY_INT64, n, "recv_ns")
+            recv = <const int64_t*> column_data(recv_ns, cnp.NPY_INT64, self.n, "recv_ns")
+        self.count_c(sent_ns, recv, one)
+        return True
+
+    cdef bint has_room(self, Py_ssize_t n) noexcept:
+        """Whether `count_c` can keep n more events (an empty buffer always can: it grows)."""
+        return self._counted == 0 or self._counted + n <= cnp.PyArray_DIM(self._c_reason, 0)
+
+    cdef int count_c(self, int64_t sent_ns, const int64_t* recv, int64_t one) except -1:
+        """`count` with the receive times as a pointer (one per event) or, when NULL, `one`.
+        The caller checked `has_room`."""
+        cdef Py_ssize_t n = self.n, i, start = self._counted
+        if n == 0:
+            return 0
+        if start + n > cnp.PyArray_DIM(self._c_reason, 0):     # only when empty: make room
+            self._c_reason = np.empty(n, np.uint8)
+            self._c_scan = np.empty(n, np.int64)
+            self._c_engine = np.empty(n, np.int64)
         cdef uint8_t* cr = <uint8_t*> cnp.PyArray_DATA(self._c_reason) + start
         cdef int64_t* cs = <int64_t*> cnp.PyArray_DATA(self._c_scan) + start
         cdef int64_t* ce = <int64_t*> cnp.PyArray_DATA(self._c_engine) + start
@@ -145,7 +161,7 @@ cdef class Turn:
         self._batches += 1
         self.n = 0                            # counted once
         self._ts_ref = None
-        return True
+        return 0
 
     def take_counts(self):
         """(reason uint8, scan_to_decision_ns int64, engine_ns int64, batches) kept since the

@@ -28,38 +28,6 @@ from sorter.codes import REASONS as _REASONS, CHUTE_STATES as _CHUTE_STATES
 cnp.import_array()
 
 
-cdef enum:
-    HEADER_SIZE = 16
-    SCAN_FIXED = 28
-    DECISION_RECORD = 32
-    CHUTE_RECORD = 4
-    CONFIRM_RECORD = 16
-    VERSION = 1
-    K_SCAN = 1
-    K_DECISION = 2
-    K_CHUTE_STATUS = 3
-    K_SORT_CONFIRM = 4
-    K_HEARTBEAT = 5
-    N_OUTCOMES = 3
-    MAX_FRAME_CAP = 0x7fffffff          # int32 offsets into one frame's bytes stay exact
-    MAX_OFFSET = 0x7fffffff             # int32 offsets of a combined batch (decode_scans)
-    NOGIL_BYTES = 32768                 # decode_scans releases the GIL from this many bytes on
-
-
-cdef enum:
-    OK = 0
-    E_BAD_MAGIC = 1
-    E_UNKNOWN_VERSION = 2
-    E_UNKNOWN_KIND = 3
-    E_TRUNCATED = 4
-    E_OVERSIZED = 5
-    E_TOO_MANY_RECORDS = 6
-    E_LENGTH_MISMATCH = 7
-    E_UNEXPECTED_KIND = 8
-    E_BAD_RECORD = 9
-    E_TOO_MANY_READS = 10
-    E_READ_TOO_LONG = 11
-
 
 # Stable names of the error codes above (index = code); sorter.wire.ERROR_CODES repeats them.
 ERROR_NAMES = (None, "bad_magic", "unknown_version", "unknown_kind", "truncated", "oversized",
@@ -174,21 +142,6 @@ cdef inline void st64(uint8_t* p, uint64_t v) noexcept nogil:
 
 # ---------------------------------------------------------------------------------------------
 # Header
-
-cdef struct Header:
-    uint8_t version
-    uint8_t kind
-    uint32_t count
-    uint32_t body_len
-    uint32_t batch_seq
-
-
-cdef struct Limits:
-    Py_ssize_t max_frame
-    Py_ssize_t max_records
-    int max_reads
-    int max_read_len
-
 
 cdef int check_prefix(const uint8_t* p, Py_ssize_t n, Header* h, Py_ssize_t* off) noexcept nogil:
     """Magic, version and kind on the bytes that exist, then the rest of the header: a short
@@ -455,17 +408,6 @@ def decode_scan(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_rec
 
 # ---------------------------------------------------------------------------------------------
 # Many SCAN frames at once: what a receiver drains from its socket, decoded into one batch
-
-cdef struct Frame:
-    const uint8_t* p             # the frame's bytes (EMPTY when it has none)
-    Py_ssize_t size
-    Header h                     # h.kind is 0 when the header itself is bad (checks 1-4)
-    int err                      # OK, or the code of the first failed check
-    Py_ssize_t off               # ... and its offset
-    Py_ssize_t n_reads           # a valid SCAN: its reads and read bytes (first pass)
-    Py_ssize_t n_data
-    bint view                    # views[i] holds an acquired buffer to release
-
 
 cdef int check_scan_socket(const uint8_t* p, Py_ssize_t size, const Limits* lim, Header* h,
                            Py_ssize_t* off) noexcept nogil:

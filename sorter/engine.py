@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import zmq
 
-from . import _turn, wire
+from . import _line, _turn, wire
 from .audit import AuditWriter, recover
 from .codes import CHUTE_STATES, REASONS
 from .config import EngineConfig
@@ -73,6 +73,7 @@ class Engine:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-loader")
         self._pending_load: Future | None = None
         self._ctx: zmq.Context | None = None
+        self._line_file = False                # the compiled loop asked for an audit file
         self.audit: AuditWriter | None = None
         self._metrics_server = None
         self._last_heartbeat = 0.0
@@ -100,12 +101,18 @@ class Engine:
         for s in (self.scans, self.feedback, self.control):
             self.poller.register(s, zmq.POLLIN)
         # drain and send through libzmq's C API when pyzmq's libzmq can be found (else None)
-        self._native_scans = self._native_decisions = None
+        self._native_scans = self._native_decisions = self._line = None
         if c.native_io:
-            from .zmq_native import native_socket
+            from .zmq_native import libzmq_symbols, native_socket
             self._native_scans = native_socket(self.scans)
             if self._native_scans is not None:
                 self._native_decisions = native_socket(self.decisions)
+                # the scan turns themselves in C (sorter._line), over the same libzmq
+                self._line = _line.Line(
+                    self.scans, self.decisions, self.feedback, self.control, libzmq_symbols(),
+                    self._turn, batch_max=c.batch_max, max_frame=self._limits.max_frame,
+                    max_records=self._limits.max_records, max_reads=self._limits.max_reads,
+                    max_read_len=self._limits.max_read_len)
         if c.metrics:
             self.endpoints["metrics"] = self._start_metrics(c.metrics)
         # The plan, tables and modules live for the whole run: keep them out of every
@@ -154,6 +161,8 @@ class Engine:
         """Drain what is already queued, close the audit, close sockets, terminate."""
         if self._ctx is None:
             return
+        if self._line is not None and self._line.pending:
+            self._route_frames(*self._line.take_frames())
         while self._route_queued():
             pass
         self._fold_metrics()
@@ -172,6 +181,7 @@ class Engine:
     def serve(self) -> None:
         _log(logging.INFO, "ready", endpoints=self.endpoints, plan=self.plan.name,
              io="native" if self._native_scans is not None else "pyzmq",
+             loop="compiled" if self._line is not None else "python",
              plan_version=self.plan.version, audit_dir=self.config.audit_dir,
              config=asdict(self.config))
         try:
@@ -184,19 +194,12 @@ class Engine:
         """One turn: feedback, then control, then scans; timers at most every 100 ms.
 
         A turn with one scan message is the common case at low rates and its cost is the
-        engine's added latency, so nothing else runs on it unless it is due."""
-        scans_ready = False
-        for sock, _ in self.poller.poll(timeout_ms):
-            if sock is self.scans:
-                scans_ready = True            # routed last: feedback and plans apply first
-            elif sock is self.feedback:
-                self._drain_feedback()
-            elif sock is self.control:
-                self._handle_control()
-        if self._pending_load is not None:
-            self._finish_plan_load()
-        if scans_ready:
-            self._route_queued()
+        engine's added latency, so nothing else runs on it unless it is due. With native
+        I/O the scan turns run in C (`sorter._line`) until something needs Python."""
+        if self._line is not None:
+            self._step_line(timeout_ms)
+        else:
+            self._step_python(timeout_ms)
         now = time.monotonic()
         if now - self._last_fold < 0.1:
             return
@@ -210,14 +213,76 @@ class Engine:
             except zmq.Again:
                 pass
 
+    def _step_line(self, timeout_ms: int) -> None:
+        """Let the compiled loop turn until the timers are due (or 2 ms while a plan loads),
+        then do what it returned for: feedback and control, frames for the Python path
+        (malformed, not UTF-8), a new audit file, a metrics fold."""
+        line = self._line
+        now_ns = time.time_ns()
+        until_ns = now_ns + max(0, int((self._last_fold + 0.1 - time.monotonic()) * 1e9))
+        if self._pending_load is not None:
+            until_ns = min(until_ns, now_ns + 2_000_000)
+        line.decision_seq, line.batch_seq = self.decision_seq, self.batch_seq
+        line.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._line_file))
+        try:
+            code = line.run(self.router.core, self._version_bytes, self._name_offsets,
+                            self._name_data, self._deadline_ns, until_ns, timeout_ms)
+        except BaseException as e:
+            self._settle_line(failed=isinstance(e, OSError))
+            raise
+        self._settle_line(failed=False)
+        if code == _line.OTHER:
+            for sock, _ in self.poller.poll(0):
+                if sock is self.feedback:
+                    self._drain_feedback()
+                elif sock is self.control:
+                    self._handle_control()
+        elif code == _line.FALLBACK:
+            self._route_frames(*line.take_frames())
+        elif code == _line.AUDIT:
+            self._line_file = True               # the next lend opens a file
+        elif code == _line.COUNTS:
+            self._fold_metrics()
+        if self._pending_load is not None:
+            self._finish_plan_load()
+
+    def _settle_line(self, *, failed: bool) -> None:
+        """Take over what the compiled loop did: audit positions, sequences, counters."""
+        line = self._line
+        pos, blocks, rows, fsyncs = line.take_audit()
+        self.audit.settle(pos, blocks, rows, fsyncs, failed=failed)
+        self.decision_seq, self.batch_seq = line.decision_seq, line.batch_seq
+        messages, undelivered = line.take_counters()
+        self.metrics.messages += messages
+        if undelivered:
+            self._undelivered(undelivered)
+
+    def _step_python(self, timeout_ms: int) -> None:
+        scans_ready = False
+        for sock, _ in self.poller.poll(timeout_ms):
+            if sock is self.scans:
+                scans_ready = True            # routed last: feedback and plans apply first
+            elif sock is self.feedback:
+                self._drain_feedback()
+            elif sock is self.control:
+                self._handle_control()
+        if self._pending_load is not None:
+            self._finish_plan_load()
+        if scans_ready:
+            self._route_queued()
+
     def _route_queued(self) -> int:
         """Drain up to batch_max queued events, route them, audit, send. Returns events.
 
-        Frames are received here only: in one C loop through libzmq's C API (`native_io`),
-        else by pyzmq; one compiled call decodes them all (a malformed frame is rejected
-        alone and audited)."""
+        Frames are received in one C loop through libzmq's C API (`native_io`), else by
+        pyzmq."""
         frames, times = (self._native_scans.drain(self.config.batch_max)
                          if self._native_scans is not None else self._drain_pyzmq())
+        return self._route_frames(frames, times)
+
+    def _route_frames(self, frames: list, times) -> int:
+        """Decode received frames in one compiled call (a malformed frame is rejected alone
+        and audited), then route, audit and send their events. Returns events."""
         if not frames:
             return 0
         self.metrics.messages += len(frames)
@@ -285,15 +350,18 @@ class Engine:
             except zmq.Again:
                 delivered = False
         if not delivered:
-            self.metrics.decisions_undelivered += n
-            if self.metrics.decisions_undelivered == n:
-                _log(logging.WARNING, "decisions undelivered: PLC side absent or slow",
-                     events=n, decision_seq=self.decision_seq)
+            self._undelivered(n)
         # kept by the turn, folded into the histograms by the next timer turn
         sent = time.time_ns()
         if not turn.count(sent, recv_ns):
             self._fold_metrics()
             turn.count(sent, recv_ns)
+
+    def _undelivered(self, n: int) -> None:
+        self.metrics.decisions_undelivered += n
+        if self.metrics.decisions_undelivered == n:
+            _log(logging.WARNING, "decisions undelivered: PLC side absent or slow",
+                 events=n, decision_seq=self.decision_seq)
 
     def _fold_metrics(self) -> None:
         """Fold the batches routed since the last fold into counters and histograms."""

@@ -31,11 +31,12 @@ def _mapped_libzmq() -> str | None:
 
 @functools.cache
 def libzmq_symbols() -> dict[str, int] | None:
-    """{name: address} of the functions `sorter._zmqio` calls, from pyzmq's libzmq; None
-    when that library cannot be established. Looked up once per process."""
+    """{name: address} of the functions `sorter._zmqio` and `sorter._line` call, from
+    pyzmq's libzmq; None when that library cannot be established. Looked up once per
+    process."""
     if sys.platform != "linux":
         return None
-    from . import _zmqio
+    from . import _line, _zmqio
 
     zmq.Context.instance()                   # pyzmq's backend (and its libzmq) is loaded
     path = _mapped_libzmq()
@@ -48,7 +49,7 @@ def libzmq_symbols() -> dict[str, int] | None:
         if (major.value, minor.value, patch.value) != zmq.zmq_version_info():
             return None
         return {name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
-                for name in _zmqio.SYMBOLS}
+                for name in sorted(set(_zmqio.SYMBOLS) | set(_line.SYMBOLS))}
     except (OSError, AttributeError):
         return None
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from sorter import _zmqio, wire
+from sorter import _line, _zmqio, wire
 from sorter.audit import read_audit
 from sorter.events import EventBatch
 from sorter.zmq_native import libzmq_symbols, native_socket
@@ -26,7 +26,7 @@ def test_symbols_are_found_on_linux():
     if sys.platform != "linux":
         assert SYMBOLS is None
         return
-    assert SYMBOLS is not None and set(SYMBOLS) == set(_zmqio.SYMBOLS)
+    assert SYMBOLS is not None and set(SYMBOLS) == set(_zmqio.SYMBOLS) | set(_line.SYMBOLS)
     assert all(isinstance(a, int) and a > 0 for a in SYMBOLS.values())
 
 
