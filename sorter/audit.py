@@ -396,6 +396,7 @@ class _Blocks:
 
 _WRITEBACK_S = 0.05
 _WRITEBACK_BYTES = 1 << 20
+_PAGE = 4096        # writeback stops at a page boundary: the page being appended to stays out
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -1077,10 +1078,11 @@ class AuditWriter:
         durability promise: the fsync still comes at its time)."""
         with self._lock:
             file = self._file
+            end = -1 if file is None else file.tell() & ~(_PAGE - 1)
             if (file is None or _sync_file_range is None
-                    or file.tell() - file.writeback_from < _WRITEBACK_BYTES):
+                    or end - file.writeback_from < _WRITEBACK_BYTES):
                 return
-            start, end = file.writeback_from, file.tell()
+            start = file.writeback_from
             fd = os.dup(file.fileno())
             file.writeback_from = end
         try:
