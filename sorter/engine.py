@@ -223,7 +223,9 @@ class Engine:
         if self._pending_load is not None:
             until_ns = min(until_ns, now_ns + 2_000_000)
         line.decision_seq, line.batch_seq = self.decision_seq, self.batch_seq
+        # a file is opened only when the loop asked for one (no empty files on a quiet line)
         line.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._line_file))
+        self._line_file = False
         try:
             code = line.run(self.router.core, self._version_bytes, self._name_offsets,
                             self._name_data, self._deadline_ns, until_ns, timeout_ms)

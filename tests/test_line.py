@@ -448,3 +448,54 @@ def test_line_needs_every_symbol(rig):
         _line.Line(rig.scans, rig.decisions, rig.feedback, rig.control,
                    {k: v for k, v in SYMBOLS.items() if k != "zmq_poll"}, rig.turn,
                    batch_max=1, max_frame=1 << 20, max_records=1, max_reads=1, max_read_len=1)
+
+
+# ------------------------------------------------------------------------- in the engine
+
+
+def test_engine_on_the_compiled_loop_rotates_and_leaves_no_empty_files(tmp_path):
+    """An in-process Engine on loopback: its scans go through the compiled loop, its audit
+    files rotate by time through lend/settle, and a quiet line gets no new (empty) file."""
+    from sorter.config import EngineConfig
+    from sorter.engine import Engine
+
+    lo = "tcp://127.0.0.1:*"
+    engine = Engine(EngineConfig(scans=lo, decisions=lo, feedback=lo, control=lo, metrics="",
+                                 deadline_ms=0, audit_dir=str(tmp_path / "audit"),
+                                 rotate_s=0.3, fsync_interval_s=None))
+    engine.bind()
+    ctx = zmq.Context()
+    scanner, plc = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        assert engine._line is not None
+        for s in (scanner, plc):
+            s.setsockopt(zmq.LINGER, 0)
+        scanner.connect(engine.endpoints["scans"])
+        plc.connect(engine.endpoints["decisions"])
+        decisions = 0
+
+        def serve(seconds):
+            nonlocal decisions
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                engine.step(10)
+            while plc.poll(0):
+                header, payload = wire.decode_message(plc.recv())
+                decisions += len(payload) if header.kind == wire.DECISION else 0
+
+        serve(0.2)                                         # the connections are made
+        assert engine.audit.path is None and not engine.audit.files
+        for k in range(3):                                 # three files: one per 0.3 s
+            scanner.send(wire.encode_scan(batch_of([[b"050012"], [b"010000"]], first=2 * k),
+                                          np.arange(2, dtype=np.uint64)))
+            serve(0.35)
+        serve(1.0)                                         # quiet: the last file is sealed
+        assert decisions == 6 and engine.decision_seq == 6
+        assert engine.audit.path is None                   # no file open on a quiet line
+        files = list(engine.audit.files)
+    finally:
+        engine.close()
+        ctx.destroy(linger=0)
+    assert len(files) == 3 and all(f.exists() for f in files)
+    table = read_audit(tmp_path / "audit")
+    assert table.column("decision_seq").to_pylist() == [1, 2, 3, 4, 5, 6]
