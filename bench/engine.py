@@ -858,6 +858,16 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                     "route + audit encode + DECISION encode"}
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (/proc/PID/stat; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _refined(lo: int, hi: int) -> int:
     """A rate between lo and hi (geometric middle, two significant digits)."""
     mid = (lo * hi) ** 0.5
@@ -929,8 +939,17 @@ def run(args) -> dict:
 
     def offer(system: str, s: Schedule, phase: str) -> dict:
         runs[0] += 1
+        pid = procs[system].proc.pid
+        cpu = _cpu_s(pid)
         row = run_once(links[system], _renumber(s, runs[0]), p, pool_reason)
         row["phase"] = phase
+        after = _cpu_s(pid)
+        # CPU of the whole process (all its threads, user + system) over the run, warm-up
+        # and drain included: per offered event, to compare systems side by side
+        row["cpu_s"] = None if cpu is None or after is None else round(after - cpu, 3)
+        total = s.n_events
+        row["cpu_us_per_event"] = (None if row["cpu_s"] is None or not total
+                                   else round(row["cpu_s"] * 1e6 / total, 2))
         problems.extend(f"{system} at {s.rate}/s: {x}" for x in row["problems"])
         return row
 
@@ -1153,6 +1172,10 @@ def report(r: dict) -> str:
             lines.append(row(x))
     lines.append(f"  engine/relay: p99 {_f(r['p99_ratio'], '{:.2f}')}x (goal <= 1.5), p99.9 "
                  f"{_f(r['p999_ratio'], '{:.2f}')}x (goal <= 2)")
+    cpu = {x["system"]: x.get("cpu_us_per_event") for x in r["latency"].values()}
+    if all(v is not None for v in cpu.values()):
+        lines.append("  CPU per event in the latency phase (whole process, all threads): "
+                     + ", ".join(f"{k} {v:.1f} us" for k, v in cpu.items()))
     sat = r["saturation"]
     if sat["steps"]:
         lines.append(f"  saturation: {sat['batch']} events/message, {p['sat_duration']} s per "

@@ -4,8 +4,10 @@ No timing assertions: latencies and rates on a shared VM are whatever they are."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:           # bench/ is a top-level package of the checkout
     sys.path.insert(0, str(ROOT))
 
-from bench.engine import (ID_SHIFT, Link, _renumber, analyse, build_schedule,  # noqa: E402
-                          cost_model, patch_times)
+from bench.engine import (ID_SHIFT, Link, _cpu_s, _renumber, analyse,  # noqa: E402
+                          build_schedule, cost_model, patch_times)
 from bench.synthetic import make_events  # noqa: E402
 from sorter import wire  # noqa: E402
 from sorter.plan import load_plan  # noqa: E402
@@ -56,6 +58,23 @@ def test_run_succeeds_and_writes_the_promised_keys(engine_run):
         assert key in r["machine"], key
     assert r["params"]["systems"] == ["engine", "relay", "proxy"]
     assert "bench engine" in proc.stdout
+    if sys.platform == "linux":                 # CPU per event of every system, side by side
+        for row in r["latency"].values():
+            assert row["cpu_s"] > 0 and row["cpu_us_per_event"] == pytest.approx(
+                row["cpu_s"] * 1e6 / row["events"], rel=0.01)
+        assert "CPU per event in the latency phase" in proc.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc")
+def test_cpu_seconds_of_a_process():
+    before = _cpu_s(os.getpid())
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    assert _cpu_s(os.getpid()) >= before + 0.03
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert _cpu_s(child.pid) is None                  # gone: no figure rather than a wrong one
 
 
 def test_every_offered_event_came_back_exactly_once(engine_run):
