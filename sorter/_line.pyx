@@ -13,7 +13,7 @@ zmq_poll on the scans, feedback and control sockets, zmq_msg_recv into an arena,
 the audit file the writer lent (`AuditWriter.lend`), zmq_send. It returns to Python, keeping
 what it drained, when:
 
-- TIMER: `until_ns` passed (metrics fold, audit tick, heartbeat are Python's);
+- TIMER: `until_mono_ns` passed (metrics fold, audit tick, heartbeat are Python's);
 - OTHER: a feedback or control message is waiting (they apply before the next scans);
 - FALLBACK: a drained frame is malformed, or a read is not UTF-8: `take_frames()` hands the
   frames to the engine's Python path, which audits them as it always did;
@@ -28,7 +28,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 from libc.errno cimport EAGAIN, EINTR, errno
-from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.unistd cimport fsync
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
@@ -92,6 +92,12 @@ SYMBOLS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_
 cdef inline int64_t _now_ns() noexcept nogil:
     cdef timespec t
     clock_gettime(CLOCK_REALTIME, &t)          # the clock of time.time_ns()
+    return <int64_t> t.tv_sec * 1000000000 + t.tv_nsec
+
+
+cdef inline int64_t _mono_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)         # the clock of time.monotonic_ns(): timers
     return <int64_t> t.tv_sec * 1000000000 + t.tv_nsec
 
 
@@ -265,11 +271,12 @@ cdef class Line:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, CoreRouter router, bytes plan_version, name_offsets, name_data,
-            int64_t deadline_ns, int64_t until_ns, long timeout_ms):
+            int64_t deadline_ns, int64_t until_mono_ns, long timeout_ms):
         """Turn until one of TIMER, OTHER, FALLBACK, AUDIT, COUNTS, SIGNAL (see the module)
         and return it. Routes by `router`'s plan (`plan_version` UTF-8, destination names by
-        index in name_offsets/name_data); `deadline_ns` makes scans `late`; waits at most
-        timeout_ms at a time for messages. Raises zmq.ZMQError (a socket failure other than
+        index in name_offsets/name_data); `deadline_ns` makes scans `late`; returns TIMER
+        once the monotonic clock (`time.monotonic_ns`) reaches until_mono_ns, and waits at
+        most timeout_ms at a time for messages. Raises zmq.ZMQError (a socket failure other than
         EAGAIN), OSError (the audit write or fsync failed: the decisions of that turn were
         not sent), WireError (a DECISION message the limits refuse)."""
         cdef const int32_t* no = <const int32_t*> column_data(name_offsets, cnp.NPY_INT32, -1, "name_offsets")
@@ -287,10 +294,10 @@ cdef class Line:
         cdef int code
         while True:
             if self.n_frames == 0:
-                now = _now_ns()
-                if now >= until_ns:
+                now = _mono_ns()                # a wall-clock step never holds timers
+                if now >= until_mono_ns:
                     return TIMER
-                wait_ms = min(timeout_ms, (until_ns - now + 999999) // 1000000)
+                wait_ms = min(timeout_ms, (until_mono_ns - now + 999999) // 1000000)
                 memset(items, 0, sizeof(items))
                 items[0].socket, items[0].events = self.h_scans, ZMQ_POLLIN
                 items[1].socket, items[1].events = self.h_feedback, ZMQ_POLLIN

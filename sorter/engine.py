@@ -218,10 +218,10 @@ class Engine:
         then do what it returned for: feedback and control, frames for the Python path
         (malformed, not UTF-8), a new audit file, a metrics fold."""
         line = self._line
-        now_ns = time.time_ns()
-        until_ns = now_ns + max(0, int((self._last_fold + 0.1 - time.monotonic()) * 1e9))
+        now_ns, mono_ns = time.time_ns(), time.monotonic_ns()
+        until_ns = mono_ns + max(0, int((self._last_fold + 0.1 - time.monotonic()) * 1e9))
         if self._pending_load is not None:
-            until_ns = min(until_ns, now_ns + 2_000_000)
+            until_ns = min(until_ns, mono_ns + 2_000_000)
         line.decision_seq, line.batch_seq = self.decision_seq, self.batch_seq
         # a file is opened only when the loop asked for one (no empty files on a quiet line)
         line.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._line_file))

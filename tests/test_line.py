@@ -90,8 +90,8 @@ class Rig:
 
     def run(self, seconds=0.05, deadline_ns=0, timeout_ms=10):
         return self.line.run(self.router.core, self.plan.version.encode(), self.name_offsets,
-                             self.name_data, deadline_ns, time.time_ns() + int(seconds * NS),
-                             timeout_ms)
+                             self.name_data, deadline_ns,
+                             time.monotonic_ns() + int(seconds * NS), timeout_ms)
 
     def send(self, batch: EventBatch, seq=None) -> bytes:
         seq = np.arange(len(batch), dtype=np.uint64) if seq is None else seq
