@@ -27,7 +27,7 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EINTR, errno
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.unistd cimport fsync
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -35,6 +35,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from sorter._audit cimport utf8_ok
 from sorter._columns cimport column_data, offsets_bad
 from sorter._core cimport CoreRouter
+from sorter._libzmq cimport (Api, ZMQ_POLLIN, load_api, recv_nowait, send_nowait, zmq_msg_t,
+                             zmq_pollitem_t)
 from sorter._turn cimport Turn
 from sorter._wire cimport (Frame, Limits, _limits, scans_count, scans_fill, OK, K_SCAN,
                            MAX_OFFSET)
@@ -62,28 +64,8 @@ cdef enum:
     C_COUNTS = 4
     C_SIGNAL = 5
     C_GO_ON = -1
-    ZMQ_DONTWAIT = 1
-    ZMQ_POLLIN = 1
 
 cdef int64_t META = _META_LENGTH
-
-ctypedef struct zmq_msg_t:           # libzmq: 64 opaque bytes, pointer-aligned
-    uint64_t _[8]
-
-ctypedef struct zmq_pollitem_t:      # libzmq on POSIX
-    void* socket
-    int fd
-    short events
-    short revents
-
-ctypedef int (*msg_init_f)(zmq_msg_t*) noexcept nogil
-ctypedef int (*msg_recv_f)(zmq_msg_t*, void*, int) noexcept nogil
-ctypedef void* (*msg_data_f)(zmq_msg_t*) noexcept nogil
-ctypedef size_t (*msg_size_f)(const zmq_msg_t*) noexcept nogil
-ctypedef int (*msg_close_f)(zmq_msg_t*) noexcept nogil
-ctypedef int (*send_f)(void*, const void*, size_t, int) noexcept nogil
-ctypedef int (*errno_f)() noexcept nogil
-ctypedef int (*poll_f)(zmq_pollitem_t*, int, long) noexcept nogil
 
 SYMBOLS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_close",
            "zmq_send", "zmq_errno", "zmq_poll")
@@ -129,14 +111,7 @@ cdef class Line:
     cdef void* h_control
     cdef readonly object sockets        # the owners, kept alive while this is
     cdef readonly Turn turn
-    cdef msg_init_f msg_init
-    cdef msg_recv_f msg_recv
-    cdef msg_data_f msg_data
-    cdef msg_size_f msg_size
-    cdef msg_close_f msg_close
-    cdef send_f send_
-    cdef errno_f errno_
-    cdef poll_f poll
+    cdef Api api
     cdef Limits lim
     cdef Py_ssize_t batch_max
     # drained frames not yet decided: bytes in the arena, start/size/receive time per frame
@@ -177,9 +152,7 @@ cdef class Line:
     def __cinit__(self, scans, decisions, feedback, control, dict symbols, Turn turn, *,
                   Py_ssize_t batch_max, Py_ssize_t max_frame, Py_ssize_t max_records,
                   int max_reads, int max_read_len):
-        missing = [name for name in SYMBOLS if not symbols.get(name)]
-        if missing:
-            raise ValueError(f"libzmq symbols missing: {', '.join(missing)}")
+        load_api(&self.api, symbols, SYMBOLS)
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
         self.sockets = (scans, decisions, feedback, control)
@@ -188,14 +161,6 @@ cdef class Line:
         self.h_feedback = <void*> <uintptr_t> feedback.underlying
         self.h_control = <void*> <uintptr_t> control.underlying
         self.turn = turn
-        self.msg_init = <msg_init_f> <uintptr_t> symbols["zmq_msg_init"]
-        self.msg_recv = <msg_recv_f> <uintptr_t> symbols["zmq_msg_recv"]
-        self.msg_data = <msg_data_f> <uintptr_t> symbols["zmq_msg_data"]
-        self.msg_size = <msg_size_f> <uintptr_t> symbols["zmq_msg_size"]
-        self.msg_close = <msg_close_f> <uintptr_t> symbols["zmq_msg_close"]
-        self.send_ = <send_f> <uintptr_t> symbols["zmq_send"]
-        self.errno_ = <errno_f> <uintptr_t> symbols["zmq_errno"]
-        self.poll = <poll_f> <uintptr_t> symbols["zmq_poll"]
         self.lim = _limits(max_frame, max_records, max_reads, max_read_len)
         self.batch_max = batch_max
         self.fd = -1
@@ -303,9 +268,9 @@ cdef class Line:
                 items[1].socket, items[1].events = self.h_feedback, ZMQ_POLLIN
                 items[2].socket, items[2].events = self.h_control, ZMQ_POLLIN
                 with nogil:
-                    rc = self.poll(items, 3, wait_ms)
+                    rc = self.api.poll(items, 3, wait_ms)
                 if rc < 0:
-                    err = self.errno_()
+                    err = self.api.zmq_errno()
                     if err == EINTR:
                         return SIGNAL
                     raise zmq.ZMQError(err)
@@ -324,34 +289,24 @@ cdef class Line:
         """Receive what is queued (never waits) into the arena, until nothing is left or the
         frames hold batch_max events (the count at bytes 4..8) or are batch_max frames."""
         cdef zmq_msg_t msg
-        cdef int rc, err
         cdef Py_ssize_t events = 0, size, k
         cdef const uint8_t* p
         cdef uint32_t count
-        while events < self.batch_max and self.n_frames < self.batch_max:
-            self.msg_init(&msg)
-            rc = self.msg_recv(&msg, self.h_scans, ZMQ_DONTWAIT)
-            if rc < 0:
-                err = self.errno_()
-                self.msg_close(&msg)
-                if err == EAGAIN:
-                    break
-                if err == EINTR:
-                    continue
-                raise zmq.ZMQError(err)
-            size = <Py_ssize_t> self.msg_size(&msg)
-            p = <const uint8_t*> self.msg_data(&msg)
+        while (events < self.batch_max and self.n_frames < self.batch_max
+               and recv_nowait(&self.api, self.h_scans, &msg)):
+            size = <Py_ssize_t> self.api.msg_size(&msg)
+            p = <const uint8_t*> self.api.msg_data(&msg)
             k = self.n_frames
             try:
                 _reserve(<void**> &self.arena, &self.arena_cap, self.arena_len + size + 1, 1)
                 self._reserve_frames(k + 1)
             except BaseException:
-                self.msg_close(&msg)
+                self.api.msg_close(&msg)
                 raise
             self.f_time[k] = _now_ns()
             if size:
                 memcpy(self.arena + self.arena_len, p, size)
-            self.msg_close(&msg)
+            self.api.msg_close(&msg)
             if size >= 8:
                 memcpy(&count, self.arena + self.arena_len + 4, 4)
                 events += count
@@ -407,7 +362,7 @@ cdef class Line:
         cdef int64_t now
         cdef uint64_t first
         cdef uint32_t batch_seq
-        cdef int rc, err = 0
+        cdef int err = 0
         memset(self.frames, 0, k * sizeof(Frame))
         for i in range(k):
             self.frames[i].p = self.arena + self.f_start[i]   # valid even for 0 bytes
@@ -467,17 +422,12 @@ cdef class Line:
             if err:
                 raise OSError(err, os.strerror(err))
             self.fsyncs += 1
-        while True:
-            rc = self.send_(self.h_decisions, PyBytes_AS_STRING(message),
-                            PyBytes_GET_SIZE(message), ZMQ_DONTWAIT)
-            if rc >= 0:
-                break
-            err = self.errno_()
-            if err == EAGAIN:
-                self.undelivered += ne
-                break
-            if err != EINTR:
-                self.turn.count_c(_now_ns(), self.recv, 0)
-                raise zmq.ZMQError(err)
+        try:
+            if not send_nowait(&self.api, self.h_decisions, PyBytes_AS_STRING(message),
+                               PyBytes_GET_SIZE(message)):
+                self.undelivered += ne          # the high-water mark: PLC side absent or slow
+        except BaseException:
+            self.turn.count_c(_now_ns(), self.recv, 0)
+            raise
         self.turn.count_c(_now_ns(), self.recv, 0)
         return C_GO_ON
