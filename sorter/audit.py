@@ -674,18 +674,9 @@ class AuditWriter:
         Why: a write of ~100 bytes through this class costs ~4 us of Python bookkeeping,
         as much as the write(2) itself; lent, the bookkeeping is done once per `settle`."""
         with self._lock:
-            if self._closed:
-                raise ValueError("lend from a closed AuditWriter")
-            if self._error is not None:
-                self._raise_deferred()
-            if self._file is not None and self._rotation_due(now_ns):
-                self._seal()
-            if self._file is None:
-                if not open_file:
-                    self._lent = None
-                    return -1, 0, 0, 0, False
-                self._open(first_seq, now_ns)
-            self._lent = file = self._file
+            self._lent = file = self._file_for(now_ns, first_seq, open_file=open_file)
+            if file is None:
+                return -1, 0, 0, 0, False
             until = self._day_start_ns + _DAY_NS
             if self.rotate_ns is not None:
                 until = min(until, self._file_start_ns + self.rotate_ns)
@@ -870,18 +861,25 @@ class AuditWriter:
             return True
         return self.rotate_ns is not None and now_ns - self._file_start_ns >= self.rotate_ns
 
+    def _file_for(self, now_ns: int, first_seq: int, *, open_file: bool) -> _IpcFile | None:
+        """The file rows decided at now_ns go to (under the lock): raises a deferred failure
+        of the thread, seals the current file if its time is up, opens one if there is none
+        and open_file (named after first_seq)."""
+        if self._closed:
+            raise ValueError("write to a closed AuditWriter")
+        if self._error is not None:
+            self._raise_deferred()
+        if self._file is not None and self._rotation_due(now_ns):
+            self._seal()
+        if self._file is None and open_file:
+            self._open(first_seq, now_ns)
+        return self._file
+
     def _write(self, rows: int, first_seq: int, now_ns: int,
                batch: pa.RecordBatch | _audit.DecisionEncoder) -> None:
         """Write a record batch, or the message an encoder encoded last."""
         with self._lock:
-            if self._closed:
-                raise ValueError("write to a closed AuditWriter")
-            if self._error is not None:
-                self._raise_deferred()
-            if self._file is not None and self._rotation_due(now_ns):
-                self._seal()
-            if self._file is None:
-                self._open(first_seq, now_ns)
+            self._file_for(now_ns, first_seq, open_file=True)
             try:
                 if isinstance(batch, pa.RecordBatch):
                     self._file.write_batch(batch)
