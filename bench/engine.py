@@ -837,6 +837,7 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                 t0 = time.perf_counter_ns()
                 engine.audit.fsync()
                 fsync_us.append(round((time.perf_counter_ns() - t0) / 1e3, 1))
+        line = _line_cost(engine, turn_proxy._turn, push, pull, pool)
     finally:
         for module, attr, fn in saved:
             setattr(module, attr, fn)
@@ -853,9 +854,58 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
         b, a = np.polyfit([r["messages"] for r in one], [r["total"] for r in one], 1)
         fit = {"per_message_us": round(float(b), 2), "per_batch_us": round(float(a), 1)}
     return {"rows": rows, **fit, "audit_fsync_us": fsync_us, "repeats": repeats,
+            "line": line,
             "note": "in-process, back-to-back turns, no competing load; us per turn; "
                     "drain = the receive loop (decode_scans excluded); turn = the compiled "
-                    "route + audit encode + DECISION encode"}
+                    "route + audit encode + DECISION encode; line = the compiled loop"}
+
+
+def _line_cost(engine, turn, push, pull, pool, turns: int = 2000, window_s: float = 0.5):
+    """CPU of the engine's compiled loop (`sorter._line`) per one-event turn: `turns`
+    one-event messages queued, then a Line with batch_max 1 on the engine's own sockets and
+    audit decides them, one turn each (poll, receive, decode, route, audit encode and
+    write(2), DECISION encode and send, counting). The main thread's CPU time (waiting
+    excluded) minus that of a run with nothing queued, per turn. None without native I/O."""
+    if engine._line is None:
+        return None
+    from sorter import _line
+    from sorter.zmq_native import libzmq_symbols
+
+    lim = engine._limits
+    line = _line.Line(engine.scans, engine.decisions, engine.feedback, engine.control,
+                      libzmq_symbols(), turn, batch_max=1, max_frame=lim.max_frame,
+                      max_records=lim.max_records, max_reads=lim.max_reads,
+                      max_read_len=lim.max_read_len)
+    sub = take(pool, np.arange(turns) % len(pool))
+    frames = [wire.encode_scan(take(sub, np.arange(i, i + 1)), np.zeros(1, np.uint64))
+              for i in range(turns)]
+
+    def run() -> tuple[int, int]:
+        line.decision_seq, line.batch_seq = engine.decision_seq, engine.batch_seq
+        line.lend(*engine.audit.lend(time.time_ns(), engine.decision_seq + 1, open_file=True))
+        cpu = time.thread_time_ns()
+        code = line.run(engine.router.core, engine._version_bytes, engine._name_offsets,
+                        engine._name_data, 0, time.monotonic_ns() + int(window_s * 1e9), 1000)
+        cpu = time.thread_time_ns() - cpu
+        engine.audit.settle(*line.take_audit())
+        decided = line.decision_seq - engine.decision_seq
+        engine.decision_seq, engine.batch_seq = line.decision_seq, line.batch_seq
+        turn.take_counts()
+        return (cpu if code == _line.TIMER else -1), decided
+
+    samples = []
+    for _ in range(3):
+        idle, _ = run()
+        for f in frames:
+            push.send(f)
+        time.sleep(0.05 + turns * 2e-6)                  # everything in the engine's queue
+        busy, decided = run()
+        while pull.poll(50):
+            pull.recv()
+        if idle >= 0 and busy >= 0 and decided == turns:
+            samples.append((busy - idle) / turns / 1e3)
+    return {"turns": turns, "cpu_us_per_turn": round(float(np.median(samples)), 2)
+            if samples else None, "samples": [round(x, 2) for x in samples]}
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -1213,6 +1263,9 @@ def report(r: dict) -> str:
             f"{first['audit']:.0f}, send {first['send']:.0f}, counting etc. "
             f"{first['other']:.0f}); audit fsync {min(cm['audit_fsync_us']):.0f}-"
             f"{max(cm['audit_fsync_us']):.0f}")
+        if (cm.get("line") or {}).get("cpu_us_per_turn") is not None:
+            lines.append(f"  compiled loop (sorter._line, in-process): "
+                         f"{cm['line']['cpu_us_per_turn']:.1f} us of CPU per one-event turn")
     prof = (r["engine"].get("profile") or {}).get("inclusive_pct")
     if prof:
         lines.append("  py-spy, engine main thread (inclusive %): " + ", ".join(
