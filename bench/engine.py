@@ -38,7 +38,6 @@ its `seq`, and the engine and relays exit 0. bench/README.md documents the keys.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -59,6 +58,7 @@ from sorter import wire
 from sorter.codes import REASONS
 from sorter.control_client import ControlError, request
 from sorter.events import EventBatch
+from sorter.launch import LOOPBACK, Child, engine_command, env_with_path
 from sorter.plan import load_plan, summary
 from sorter.router import Router
 
@@ -68,7 +68,6 @@ except ImportError:                         # pragma: no cover - numpy percentil
     HdrHistogram = None
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "tcp://127.0.0.1:*"
 
 DEFAULTS = {"rate": 20_000, "duration": 10.0, "warmup": 1.0, "batch": 1,
             "sat_rates": (50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000),
@@ -182,69 +181,20 @@ def _params(args) -> dict:
 # the systems under test: subprocesses that log a JSON "ready" line with their endpoints
 
 
-class Subprocess:
-    """A child process whose stderr goes to a file; `wait_ready` finds its ready line."""
-
-    def __init__(self, name: str, cmd: list[str], log_path: Path):
-        self.name, self.cmd, self.log_path = name, cmd, log_path
-        self._log = open(log_path, "wb")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get(
-            "PYTHONPATH", "").split(os.pathsep) if p])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=self._log, cwd=str(ROOT), env=env)
-        self.ready: dict | None = None
-        self.exit_code: int | None = None
-
-    def lines(self) -> list[dict]:
-        out = []
-        for raw in self.log_path.read_bytes().splitlines():
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                out.append(entry)
-        return out
-
-    def tail(self, n: int = 20) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()[-n:]
-
-    def wait_ready(self, timeout_s: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for entry in self.lines():
-                if entry.get("event") == "ready":
-                    self.ready = entry
-                    return entry
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
-                                   f"ready: {' | '.join(self.tail(5))}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name}: no ready line within {timeout_s} s")
-
-    def wait(self, timeout_s: float = 30.0) -> int | None:
-        try:
-            self.exit_code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            self.exit_code = None              # did not stop: a failure
-        self._log.close()
-        return self.exit_code
+def start_child(name: str, cmd: list[str], log_path: Path) -> Child:
+    """A child of the bench, run from the checkout (its top-level packages importable)."""
+    return Child(name, cmd, log_path, cwd=str(ROOT), env=env_with_path(ROOT))
 
 
-def start_engine(workdir: Path, extra: list[str]) -> Subprocess:
-    cmd = [sys.executable, "-m", "sorter.cli", "run", "--scans", LOOPBACK, "--decisions",
-           LOOPBACK, "--feedback", LOOPBACK, "--control", LOOPBACK, "--metrics", "",
-           "--audit-dir", str(workdir / "audit"), "--deadline-ms", "0", *extra]
-    return Subprocess("engine", cmd, workdir / "engine.log")
+def start_engine(workdir: Path, extra: list[str]) -> Child:
+    cmd = engine_command(workdir / "audit", "--deadline-ms", "0", *extra, metrics="")
+    return start_child("engine", cmd, workdir / "engine.log")
 
 
-def start_relay(workdir: Path, kind: str) -> Subprocess:
+def start_relay(workdir: Path, kind: str) -> Child:
     cmd = [sys.executable, "-m", "bench.relay", "--kind", kind, "--in", LOOPBACK,
            "--out", LOOPBACK]
-    return Subprocess(f"relay-{kind}", cmd, workdir / f"relay-{kind}.log")
+    return start_child(f"relay-{kind}", cmd, workdir / f"relay-{kind}.log")
 
 
 @dataclass
@@ -983,7 +933,7 @@ def run(args) -> dict:
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-engine-")
     workdir = Path(tmp.name)
-    procs: dict[str, Subprocess] = {}
+    procs: dict[str, Child] = {}
     ctx = zmq.Context()
     links: dict[str, Link] = {}
 

@@ -151,10 +151,10 @@ def naive_zmq(plan_dir: Path, events, reads: list[list[str]], workdir: Path,
     """Run `python -m bench.naive` and push one JSON message per event through it."""
     import zmq
 
-    from bench.engine import Subprocess
+    from bench.engine import start_child
 
     cmd = [sys.executable, "-m", "bench.naive", "--plan-dir", str(plan_dir)]
-    proc = Subprocess("naive", cmd, workdir / "naive.log")
+    proc = start_child("naive", cmd, workdir / "naive.log")
     ctx = zmq.Context()
     push = pull = None
     result: dict = {"problems": []}

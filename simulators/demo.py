@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from scanners.framing import load_format
 from sorter.audit import read_audit
 from sorter.codes import REASONS
 from sorter.control_client import ControlError, request
+from sorter.launch import Child, engine_command
 from sorter.plan import Plan, load_plan
 
 from .model import LoopBack, Registry
@@ -63,33 +62,15 @@ class DemoResult:
 
 
 class EngineProcess:
-    """`sorter run` as a child process on wildcard loopback ports."""
+    """`sorter run` as a child process on wildcard loopback ports (`sorter.launch`)."""
 
     def __init__(self, audit_dir: Path, plan_path: str | None, log_path: Path):
-        cmd = [sys.executable, "-m", "sorter.cli", "run", "--audit-dir", str(audit_dir),
-               "--metrics", "127.0.0.1:0"]
-        for name in ("scans", "decisions", "feedback", "control"):
-            cmd += [f"--{name}", "tcp://127.0.0.1:*"]
-        if plan_path:
-            cmd += ["--plan", plan_path]
         self.log_path = log_path
-        self._log = open(log_path, "wb")
         # its own process group: Ctrl-C reaches the demo, which then stops the engine cleanly
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log,
-                                     start_new_session=True)
-        self.endpoints = self._wait_ready()
-
-    def _wait_ready(self, timeout_s: float = 60.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the engine exited with {self.proc.returncode}; "
-                                   f"see {self.log_path}")
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if '"event": "ready"' in line:
-                    return json.loads(line)["endpoints"]
-            time.sleep(0.05)
-        raise RuntimeError(f"the engine did not start within {timeout_s} s; see {self.log_path}")
+        self.child = Child("the engine", engine_command(audit_dir, plan=plan_path), log_path,
+                           new_session=True)
+        self.proc = self.child.proc
+        self.endpoints = self.child.wait_ready()["endpoints"]
 
     def status(self) -> dict | None:
         try:
@@ -98,15 +79,8 @@ class EngineProcess:
             return None
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self._log.close()
+        code = self.child.stop(signal.SIGTERM, timeout_s)
+        return self.proc.returncode if code is None else code
 
 
 def _view(engine_status: dict | None, plc: dict, tunnel: dict, driver: dict, rate_now: float,

@@ -5,12 +5,7 @@ Every endpoint is a wildcard port on 127.0.0.1; the engine reports the ports it 
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +15,7 @@ import zmq
 from sorter import wire
 from sorter.control_client import request
 from sorter.events import EventBatch
+from sorter.launch import Child, engine_command, env_with_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,21 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 class EngineProcess:
     def __init__(self, tmp_path: Path, *args: str, deadline_ms: float = 0):
         self.audit_dir = tmp_path / "audit"
-        cmd = [sys.executable, "-m", "sorter.cli", "run",
-               "--scans", "tcp://127.0.0.1:*", "--decisions", "tcp://127.0.0.1:*",
-               "--feedback", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
-               "--metrics", "127.0.0.1:0", "--audit-dir", str(self.audit_dir),
-               "--deadline-ms", str(deadline_ms), *args]
-        self.proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self.log: list[dict] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(60):
-            self.proc.kill()
-            raise RuntimeError(f"engine did not become ready: {self.log}")
-        self.endpoints = next(e for e in self.log if e.get("event") == "ready")["endpoints"]
+        cmd = engine_command(self.audit_dir, "--deadline-ms", str(deadline_ms), *args)
+        self.child = Child("engine", cmd, tmp_path / "engine.log", cwd=tmp_path,
+                           env=env_with_path(ROOT))
+        self.proc = self.child.proc
+        self.ctx = None
+        try:
+            self.endpoints = self.child.wait_ready()["endpoints"]
+        except RuntimeError:
+            self.child.kill()
+            raise
         self.ctx = zmq.Context()
         self.scanner = self._socket(zmq.PUSH, "scans")
         self.plc = self._socket(zmq.PULL, "decisions")
@@ -49,15 +40,10 @@ class EngineProcess:
         self.feedback = self._socket(zmq.PUSH, "feedback")
         time.sleep(0.2)           # let the connections settle before the first message
 
-    def _read_log(self) -> None:
-        for line in self.proc.stderr:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"event": "non-json", "line": line.decode(errors="replace")}
-            self.log.append(entry)
-            if entry.get("event") == "ready":
-                self._ready.set()
+    @property
+    def log(self) -> list[dict]:
+        """The engine's JSON log lines so far."""
+        return self.child.lines()
 
     def _socket(self, kind: int, name: str) -> zmq.Socket:
         s = self.ctx.socket(kind)
@@ -101,15 +87,12 @@ class EngineProcess:
                 raise AssertionError(f"condition not met; last status {status}")
             time.sleep(0.05)
 
-    def stop(self, sig: int | None = signal.SIGTERM, timeout_s: float = 30) -> int:
-        if self.proc.poll() is None and sig is not None:
-            self.proc.send_signal(sig)
+    def stop(self, sig: int | None = signal.SIGTERM, timeout_s: float = 30) -> int | None:
+        """Signal it (None: only wait), then its exit code (None: it did not stop)."""
         try:
-            code = self.proc.wait(timeout_s)
+            return self.child.stop(sig, timeout_s)
         finally:
             self.close_sockets()
-        self._reader.join(5)
-        return code
 
     def close_sockets(self) -> None:
         if self.ctx is not None:
@@ -117,9 +100,7 @@ class EngineProcess:
             self.ctx = None
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.child.kill()
         self.close_sockets()
 
 
