@@ -219,16 +219,16 @@ class Engine:
         (malformed, not UTF-8), a new audit file, a metrics fold."""
         line = self._line
         now_ns, mono_ns = time.time_ns(), time.monotonic_ns()
-        until_ns = mono_ns + max(0, int((self._last_fold + 0.1 - time.monotonic()) * 1e9))
+        until_mono_ns = max(mono_ns, int((self._last_fold + 0.1) * 1e9))   # _last_fold: s
         if self._pending_load is not None:
-            until_ns = min(until_ns, mono_ns + 2_000_000)
+            until_mono_ns = min(until_mono_ns, mono_ns + 2_000_000)
         line.decision_seq, line.batch_seq = self.decision_seq, self.batch_seq
         # a file is opened only when the loop asked for one (no empty files on a quiet line)
         line.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._line_file))
         self._line_file = False
         try:
             code = line.run(self.router.core, self._version_bytes, self._name_offsets,
-                            self._name_data, self._deadline_ns, until_ns, timeout_ms)
+                            self._name_data, self._deadline_ns, until_mono_ns, timeout_ms)
         except BaseException as e:
             self._settle_line(failed=isinstance(e, OSError))
             raise
