@@ -83,15 +83,27 @@ cdef inline int64_t _mono_ns() noexcept nogil:
     return <int64_t> t.tv_sec * 1000000000 + t.tv_nsec
 
 
-cdef int _reserve(void** p, Py_ssize_t* cap, Py_ssize_t need, size_t width) except -1:
-    """Grow the buffer at *p (of *cap items of `width` bytes) to hold `need` items."""
-    if need <= cap[0]:
-        return 0
-    cdef Py_ssize_t n = max(need, 2 * cap[0], 64)
+cdef inline Py_ssize_t _grown(Py_ssize_t cap, Py_ssize_t need) noexcept:
+    """The capacity a buffer of `cap` items grows to when it must hold `need`."""
+    return max(need, 2 * cap, 64)
+
+
+cdef int _resize(void** p, Py_ssize_t n, size_t width) except -1:
+    """Reallocate the buffer at *p to n items of `width` bytes (contents kept)."""
     cdef void* q = realloc(p[0], n * width)
     if q == NULL:
         raise MemoryError()
-    p[0], cap[0] = q, n
+    p[0] = q
+    return 0
+
+
+cdef int _reserve(void** p, Py_ssize_t* cap, Py_ssize_t need, size_t width) except -1:
+    """Grow the buffer at *p (of *cap items of `width` bytes) to hold `need` items."""
+    cdef Py_ssize_t n
+    if need > cap[0]:
+        n = _grown(cap[0], need)
+        _resize(p, n, width)
+        cap[0] = n
     return 0
 
 
@@ -316,38 +328,30 @@ cdef class Line:
         return 0
 
     cdef int _reserve_frames(self, Py_ssize_t n) except -1:
+        """Room for n frames in every per-frame buffer (they share one capacity)."""
         if n <= self.f_cap:
             return 0
-        cdef Py_ssize_t cap = self.f_cap
-        _reserve(<void**> &self.f_start, &cap, n, sizeof(Py_ssize_t))
-        cap = self.f_cap
-        _reserve(<void**> &self.f_size, &cap, n, sizeof(Py_ssize_t))
-        cap = self.f_cap
-        _reserve(<void**> &self.f_time, &cap, n, sizeof(int64_t))
-        cap = self.f_cap
-        _reserve(<void**> &self.frames, &cap, n, sizeof(Frame))
-        cap = self.f_cap
-        _reserve(<void**> &self.f_count, &cap, n, sizeof(int32_t))
-        cap = self.f_cap
-        _reserve(<void**> &self.f_kind, &cap, n, sizeof(uint8_t))
+        cdef Py_ssize_t cap = _grown(self.f_cap, n)
+        _resize(<void**> &self.f_start, cap, sizeof(Py_ssize_t))
+        _resize(<void**> &self.f_size, cap, sizeof(Py_ssize_t))
+        _resize(<void**> &self.f_time, cap, sizeof(int64_t))
+        _resize(<void**> &self.frames, cap, sizeof(Frame))
+        _resize(<void**> &self.f_count, cap, sizeof(int32_t))
+        _resize(<void**> &self.f_kind, cap, sizeof(uint8_t))
         self.f_cap = cap
         return 0
 
     cdef int _reserve_columns(self, Py_ssize_t ne, Py_ssize_t nr, Py_ssize_t nd) except -1:
+        """Room for ne events (per-event columns share one capacity), nr reads, nd bytes."""
         cdef Py_ssize_t cap
         if ne > self.ev_cap:
-            cap = self.ev_cap
-            _reserve(<void**> &self.pid, &cap, ne, sizeof(uint64_t))
-            cap = self.ev_cap
-            _reserve(<void**> &self.seq, &cap, ne, sizeof(uint64_t))
-            cap = self.ev_cap
-            _reserve(<void**> &self.ts, &cap, ne, sizeof(int64_t))
-            cap = self.ev_cap
-            _reserve(<void**> &self.sc, &cap, ne, sizeof(uint16_t))
-            cap = self.ev_cap
-            _reserve(<void**> &self.rc, &cap, ne, sizeof(uint8_t))
-            cap = self.ev_cap
-            _reserve(<void**> &self.recv, &cap, ne, sizeof(int64_t))
+            cap = _grown(self.ev_cap, ne)
+            _resize(<void**> &self.pid, cap, sizeof(uint64_t))
+            _resize(<void**> &self.seq, cap, sizeof(uint64_t))
+            _resize(<void**> &self.ts, cap, sizeof(int64_t))
+            _resize(<void**> &self.sc, cap, sizeof(uint16_t))
+            _resize(<void**> &self.rc, cap, sizeof(uint8_t))
+            _resize(<void**> &self.recv, cap, sizeof(int64_t))
             self.ev_cap = cap
         _reserve(<void**> &self.eo, &self.eo_cap, ne + 1, sizeof(int32_t))
         _reserve(<void**> &self.ro, &self.ro_cap, nr + 1, sizeof(int32_t))
