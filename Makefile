@@ -25,7 +25,8 @@ bench: build
 
 # HTML view of what in the core still touches Python (yellow lines).
 annotate: $(BIN)/python
-	$(BIN)/cython -a -3 sorter/_core.pyx -o /tmp/_core_annotated.c && mv sorter/_core.html . && echo "see _core.html"
+	$(BIN)/cython -a -3 sorter/core/_core.pyx -o /tmp/_core_annotated.c && mv sorter/core/_core.html . && echo "see _core.html"
 
 clean:
-	rm -rf build *.egg-info sorter/*.c sorter/*.so sorter/*.html
+	rm -rf build *.egg-info
+	find sorter -name '*.c' -o -name '*.so' -o -name '*.html' | xargs rm -f

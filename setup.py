@@ -3,21 +3,26 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-def _ext(name: str) -> Extension:
+def _ext(module: str) -> Extension:
     return Extension(
-        f"sorter.{name}",
-        [f"sorter/{name}.pyx"],
+        module,
+        [module.replace(".", "/") + ".pyx"],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )
 
 
-# _core: decode, resolve, route. _wire: the binary wire protocol, parsed into columns.
-# _audit: audit record batches as Arrow IPC messages. _turn: one engine turn, composed in C.
-# _zmqio: drain and send through the libzmq pyzmq loaded. _line: the scan turns in C, over it.
-extensions = [_ext("_core"), _ext("_wire"), _ext("_audit"), _ext("_turn"), _ext("_zmqio"),
-              _ext("_line")]
+# One compiled module per job, in the layer it belongs to (sorter/_shared.pxd: their helpers).
+extensions = [
+    _ext("sorter._shared"),             # helpers every compiled module shares (_shared.pxd)
+    _ext("sorter.core._core"),          # decode, resolve, route
+    _ext("sorter.wire._wire"),          # the binary wire protocol, parsed into columns
+    _ext("sorter.audit._audit"),        # audit record batches as Arrow IPC messages
+    _ext("sorter.engine._turn"),        # one engine turn: route, audit message, DECISION, counts
+    _ext("sorter.engine._zmqio"),       # drain and send through the libzmq pyzmq loaded
+    _ext("sorter.engine._scanloop"),    # the engine's scan turns in C, over that libzmq
+]
 
 setup(
     ext_modules=cythonize(

@@ -26,7 +26,7 @@ import numpy as np
 
 from bench import QUICK_FACTOR, _count, machine_info
 from bench.synthetic import make_events, make_plan, take
-from sorter.router import Router
+from sorter.core.router import Router
 
 DEFAULT_SIZES = (1, 16, 256, 4096, 65_536)
 POLICIES = {"off": None, "1s": 1.0, "every_batch": 0.0}     # fsync_interval_s

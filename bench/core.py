@@ -10,7 +10,7 @@ once (bench/synthetic.py), compiles the plan, then
    (best and median), and again in batches of 1, 16, 256, 4,096 and 65,536 events per call
    (`--batch`), to show the per-call overhead (at most `--max-calls` calls per size: the
    small sizes route the first events only);
-3. profiles: `sorter._core.decode_reads` alone over every read, and the core per event
+3. profiles: `sorter.core._core.decode_reads` alone over every read, and the core per event
    category (S10, GS1, bare postcode, ...).
 
 Only the routing calls are timed (`time.perf_counter_ns`); plan, events and sub-batches are
@@ -28,12 +28,12 @@ import numpy as np
 from bench import QUICK_FACTOR, _count, machine_info
 from bench.synthetic import (CATEGORIES, CATEGORY_WEIGHTS, make_chute_states,
                              make_events_labelled, make_plan, take)
-from sorter import _core
-from sorter.codes import REASONS
-from sorter.countries import alpha2_to_numeric
-from sorter.events import EventBatch
-from sorter.reference import ReferenceRouter
-from sorter.router import Router
+from sorter.core import _core
+from sorter.core.codes import REASONS
+from sorter.core.countries import alpha2_to_numeric
+from sorter.core.events import EventBatch
+from sorter.core.reference import ReferenceRouter
+from sorter.core.router import Router
 
 DEFAULTS = {"events": 1_000_000, "manifest_rows": 1_000_000, "prefixes": 5_000, "chutes": 200,
             "reference_events": 100_000}

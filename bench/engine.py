@@ -55,12 +55,12 @@ import zmq
 from bench import _count, machine_info
 from bench.synthetic import CATEGORIES, make_events_labelled, take
 from sorter import wire
-from sorter.codes import REASONS
-from sorter.control_client import ControlError, request
-from sorter.events import EventBatch
-from sorter.launch import LOOPBACK, Child, engine_command, env_with_path
+from sorter.core.codes import REASONS
+from sorter.engine.control_client import ControlError, request
+from sorter.core.events import EventBatch
+from sorter.engine.launch import LOOPBACK, Child, engine_command, env_with_path
 from sorter.plan import load_plan, summary
-from sorter.router import Router
+from sorter.core.router import Router
 
 try:                                        # optional: `pip install hdrhistogram`
     from hdrh.histogram import HdrHistogram
@@ -692,7 +692,7 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
 
     total; drain = the per-message receive loop (recv, appends), `decode_scans` excluded;
     decode_scan = `wire.decode_scans` (one call per turn); turn = the compiled
-    `sorter._turn.Turn.run` (route, audit record batch and DECISION message encoded); audit =
+    `sorter.engine._turn.EngineTurn.run` (route, audit record batch and DECISION message encoded); audit =
     the audit write (`AuditWriter.write_message`, or `write_decisions` for a batch the
     encoder declines); send; other (the rest of `_decide`: sequence numbers, counting).
     `per_message_us` / `per_batch_us`: least-squares fit total = per_batch + per_message *
@@ -700,7 +700,7 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
     import dataclasses
 
     import sorter.engine as eng
-    from sorter.config import EngineConfig
+    from sorter.engine.config import EngineConfig
 
     config = EngineConfig(scans=LOOPBACK, decisions=LOOPBACK, feedback=LOOPBACK,
                           control=LOOPBACK, metrics="", deadline_ms=0,
@@ -811,18 +811,18 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
 
 
 def _line_cost(engine, turn, push, pull, pool, turns: int = 2000, window_s: float = 0.5):
-    """CPU of the engine's compiled loop (`sorter._line`) per one-event turn: `turns`
-    one-event messages queued, then a Line with batch_max 1 on the engine's own sockets and
+    """CPU of the engine's compiled loop (`sorter.engine._scanloop`) per one-event turn: `turns`
+    one-event messages queued, then a ScanLoop with batch_max 1 on the engine's own sockets and
     audit decides them, one turn each (poll, receive, decode, route, audit encode and
     write(2), DECISION encode and send, counting). The main thread's CPU time (waiting
     excluded) minus that of a run with nothing queued, per turn. None without native I/O."""
-    if engine._line is None:
+    if engine._loop is None:
         return None
-    from sorter import _line
-    from sorter.zmq_native import libzmq_symbols
+    from sorter.engine import _scanloop
+    from sorter.engine.zmq_native import libzmq_symbols
 
     lim = engine._limits
-    line = _line.Line(engine.scans, engine.decisions, engine.feedback, engine.control,
+    line = _scanloop.ScanLoop(engine.scans, engine.decisions, engine.feedback, engine.control,
                       libzmq_symbols(), turn, batch_max=1, max_frame=lim.max_frame,
                       max_records=lim.max_records, max_reads=lim.max_reads,
                       max_read_len=lim.max_read_len)
@@ -841,7 +841,7 @@ def _line_cost(engine, turn, push, pull, pool, turns: int = 2000, window_s: floa
         decided = line.decision_seq - engine.decision_seq
         engine.decision_seq, engine.batch_seq = line.decision_seq, line.batch_seq
         turn.take_counts()
-        return (cpu if code == _line.TIMER else -1), decided
+        return (cpu if code == _scanloop.TIMER else -1), decided
 
     samples = []
     for _ in range(3):
@@ -1214,7 +1214,7 @@ def report(r: dict) -> str:
             f"{first['other']:.0f}); audit fsync {min(cm['audit_fsync_us']):.0f}-"
             f"{max(cm['audit_fsync_us']):.0f}")
         if (cm.get("line") or {}).get("cpu_us_per_turn") is not None:
-            lines.append(f"  compiled loop (sorter._line, in-process): "
+            lines.append(f"  compiled loop (sorter.engine._scanloop, in-process): "
                          f"{cm['line']['cpu_us_per_turn']:.1f} us of CPU per one-event turn")
     prof = (r["engine"].get("profile") or {}).get("inclusive_pct")
     if prof:

@@ -95,7 +95,7 @@ def child(rows: int, prefixes: int, chutes: int, seed: int) -> dict:
     import pyarrow as pa
 
     from bench.synthetic import make_events, make_plan
-    from sorter.router import Router
+    from sorter.core.router import Router
 
     out: dict = {"rows": rows, "rss_baseline": _rss(), "peak_rss_baseline": _peak()}
     t0 = time.perf_counter()

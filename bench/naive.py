@@ -46,7 +46,7 @@ def write_plan_dir(plan, directory: Path) -> Path:
     writer, quoted strings, empty = null)."""
     import pyarrow.csv as pacsv
 
-    from sorter.countries import alpha2_to_numeric
+    from sorter.core.countries import alpha2_to_numeric
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

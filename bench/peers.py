@@ -3,7 +3,7 @@
 One synthetic plan and one event stream (bench/synthetic.py, the `core` suite's defaults and
 seed: the same bytes), routed in one process run by
 
-- `core`: the compiled core (`sorter.router.Router`), one call over every event, best of
+- `core`: the compiled core (`sorter.core.router.Router`), one call over every event, best of
   `--repeats` (chute states as in the `core` suite);
 - `reference`: the plain-Python `ReferenceRouter` on the first `--reference-events`;
 - `naive`: a naive integrator's script (bench/naive.py): one Python dict lookup per key, per
@@ -40,10 +40,10 @@ import pyarrow as pa
 from bench import QUICK_FACTOR, _count, machine_info
 from bench.synthetic import (CATEGORIES, make_chute_states, make_events_labelled, make_plan,
                              take)
-from sorter.codes import REASON_CODE, REASONS
-from sorter.countries import alpha2_to_numeric
-from sorter.reference import ReferenceRouter
-from sorter.router import Router
+from sorter.core.codes import REASON_CODE, REASONS
+from sorter.core.countries import alpha2_to_numeric
+from sorter.core.reference import ReferenceRouter
+from sorter.core.router import Router
 
 DEFAULTS = {"events": 1_000_000, "manifest_rows": 1_000_000, "prefixes": 5_000, "chutes": 200,
             "reference_events": 20_000, "naive_events": 100_000}

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sorter.countries import alpha2_to_numeric
-from sorter.events import EventBatch, arrow_offsets_data
+from sorter.core.countries import alpha2_to_numeric
+from sorter.core.events import EventBatch, arrow_offsets_data
 from sorter.plan import Destination, Plan
 
 __all__ = [
@@ -224,7 +224,7 @@ def _s10(rng: np.random.Generator, serials: np.ndarray, first: np.ndarray | None
 
 
 def _s10_keys(buf: np.ndarray) -> np.ndarray:
-    """Manifest keys of (m, 13) S10 rows, packed as sorter.barcodes.item_key does."""
+    """Manifest keys of (m, 13) S10 rows, packed as sorter.core.barcodes.item_key does."""
     b = buf.astype(np.uint64)
     d = np.zeros(len(buf), np.uint64)
     for i in range(2, 11):

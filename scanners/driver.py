@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from sorter import wire
-from sorter.events import EventBatch
+from sorter.core.events import EventBatch
 
 from .framing import Anomaly, Frame, FrameSplitter, Telegram, TelegramFormat, parse_frame, salvage_index
 from .log import log_event

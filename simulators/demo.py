@@ -25,9 +25,9 @@ from rich.table import Table
 from scanners.driver import ScannerDriver
 from scanners.framing import load_format
 from sorter.audit import read_audit
-from sorter.codes import REASONS
-from sorter.control_client import ControlError, request
-from sorter.launch import Child, engine_command
+from sorter.core.codes import REASONS
+from sorter.engine.control_client import ControlError, request
+from sorter.engine.launch import Child, engine_command
 from sorter.plan import Plan, load_plan
 
 from .model import LoopBack, Registry
@@ -62,7 +62,7 @@ class DemoResult:
 
 
 class EngineProcess:
-    """`sorter run` as a child process on wildcard loopback ports (`sorter.launch`)."""
+    """`sorter run` as a child process on wildcard loopback ports (`sorter.engine.launch`)."""
 
     def __init__(self, audit_dir: Path, plan_path: str | None, log_path: Path):
         self.log_path = log_path

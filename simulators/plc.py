@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import zmq
 
 from sorter import wire
-from sorter.codes import CHUTE_STATES, REASONS
+from sorter.core.codes import CHUTE_STATES, REASONS
 from sorter.plan import Plan
 
 from .model import LoopBack, Registry

@@ -2,7 +2,7 @@
 
 Every parcel is a pure function of (seed, parcel id): the same seed gives the same parcels in
 any order, whatever else the simulation does. Each carries the destination the plan gives its
-labels (`expected_destination`, computed by the reference router, `sorter.reference`), so a
+labels (`expected_destination`, computed by the reference router, `sorter.core.reference`), so a
 test or the PLC simulator can check every `sorted` decision against it.
 
 Label kinds (what is printed on the parcel):
@@ -29,11 +29,11 @@ import random
 import string
 from dataclasses import dataclass
 
-from sorter.barcodes import gs1_check_digit, s10_check_digit
-from sorter.codes import REASONS
-from sorter.countries import alpha2_to_numeric
+from sorter.core.barcodes import gs1_check_digit, s10_check_digit
+from sorter.core.codes import REASONS
+from sorter.core.countries import alpha2_to_numeric
 from sorter.plan import Plan
-from sorter.reference import ReferenceRouter
+from sorter.core.reference import ReferenceRouter
 
 from .model import Parcel
 

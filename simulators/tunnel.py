@@ -37,7 +37,7 @@ import zmq
 from scanners.framing import TelegramFormat, format_telegram
 from scanners.log import log_event
 from sorter import wire
-from sorter.events import EventBatch
+from sorter.core.events import EventBatch
 from sorter.plan import Plan
 
 from .model import LoopBack, Parcel, Registry

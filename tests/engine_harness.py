@@ -13,9 +13,9 @@ import numpy as np
 import zmq
 
 from sorter import wire
-from sorter.control_client import request
-from sorter.events import EventBatch
-from sorter.launch import Child, engine_command, env_with_path
+from sorter.engine.control_client import request
+from sorter.core.events import EventBatch
+from sorter.engine.launch import Child, engine_command, env_with_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 from hypothesis import strategies as st
 
-from sorter.barcodes import gs1_check_digit, s10_check_digit
-from sorter.codes import CHUTE_STATES, SPECIAL_REASONS
+from sorter.core.barcodes import gs1_check_digit, s10_check_digit
+from sorter.core.codes import CHUTE_STATES, SPECIAL_REASONS
 from sorter.plan import Destination, Plan
 
 COUNTRIES = ["KZ", "RU", "CN", "DE", "US", "KG"]

@@ -3,11 +3,11 @@ and both keep the routing invariants (docs/routing.md)."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sorter import _core, codes
-from sorter.barcodes import decode, item_key
-from sorter.events import EventBatch
-from sorter.reference import ReferenceRouter
-from sorter.router import Router
+from sorter.core import _core, codes
+from sorter.core.barcodes import decode, item_key
+from sorter.core.events import EventBatch
+from sorter.core.reference import ReferenceRouter
+from sorter.core.router import Router
 
 from strategies import event_streams, plans, reads_for
 

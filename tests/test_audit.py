@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sorter import audit
+from sorter.audit import files as audit
 from sorter.audit import (AUDIT_SCHEMA, AuditLocked, AuditWriter, audit_files, read_audit,
                           reads_array, recover, recover_files)
-from sorter.codes import MALFORMED, NO_READ, REASONS, SORTED
-from sorter.events import Decisions, EventBatch
+from sorter.core.codes import MALFORMED, NO_READ, REASONS, SORTED
+from sorter.core.events import Decisions, EventBatch
 
 REPO = Path(__file__).resolve().parents[1]
 NS = 1_000_000_000
@@ -635,7 +635,7 @@ def test_failed_write_abandons_the_file(tmp_path):
 CHILD = r"""
 import sys, numpy as np
 from sorter.audit import AuditWriter
-from sorter.events import EventBatch, Decisions
+from sorter.core.events import EventBatch, Decisions
 root = sys.argv[1]
 rng = np.random.default_rng()
 names = ["A", "B", "C"]
@@ -698,7 +698,7 @@ def test_sigkill_mid_stream(tmp_path):
 STUCK_CHILD = r"""
 import os, sys, threading, time, numpy as np
 from sorter.audit import AuditWriter
-from sorter.events import EventBatch, Decisions
+from sorter.core.events import EventBatch, Decisions
 real = os.fsync
 
 def stuck(fd):                          # the disk never answers the writer's thread

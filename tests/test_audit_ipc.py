@@ -1,5 +1,5 @@
-"""The audit's own Arrow IPC layout: the compiled record-batch encoder (`sorter._audit`), the
-file around it (prelude, footer) and the compiled engine turn (`sorter._turn`).
+"""The audit's own Arrow IPC layout: the compiled record-batch encoder (`sorter.audit._audit`), the
+file around it (prelude, footer) and the compiled engine turn (`sorter.engine._turn`).
 
 The oracle is pyarrow: every message the encoder writes must decode to exactly the record
 batch pyarrow builds from the same columns (`AuditWriter._decision_batch`, the writer's own
@@ -20,11 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sorter import _audit, _turn, audit, wire
+from sorter.audit import _audit
+from sorter.engine import _turn
+from sorter import wire
+from sorter.audit import files as audit
 from sorter.audit import AUDIT_SCHEMA, AuditWriter, read_audit
-from sorter.codes import REASONS
-from sorter.events import Decisions, EventBatch, arrow_offsets_data
-from sorter.router import Router
+from sorter.core.codes import REASONS
+from sorter.core.events import Decisions, EventBatch, arrow_offsets_data
+from sorter.core.router import Router
 
 from strategies import event_streams, plans
 
@@ -254,14 +257,14 @@ def test_footer_lists_every_batch_and_the_schema(tmp_path):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_turn_equals_router_wire_and_encoder(tmp_path, data):
-    """Turn.run decides as Router.route, returns the DECISION message wire.encode_decisions
+    """EngineTurn.run decides as Router.route, returns the DECISION message wire.encode_decisions
     makes, and leaves in its encoder the message DecisionEncoder.encode makes."""
     plan = data.draw(plans())
     stream = data.draw(event_streams(plan, max_batches=3, max_events=10))
     router, reference_router = Router(plan), Router(plan)
     names = pa.array([d.name for d in plan.destinations], pa.string())
     offsets, name_data = arrow_offsets_data(names)
-    turn = _turn.Turn(capacity=2)             # grows
+    turn = _turn.EngineTurn(capacity=2)             # grows
     first = 1
     for events, recirc, ts, states in stream:
         for chute, state in states.items():
@@ -302,7 +305,7 @@ def test_turn_counts_until_taken():
     plan_router = Router(_one_destination_plan())
     names = pa.array(["ALMATY"], pa.string())
     offsets, name_data = arrow_offsets_data(names)
-    turn = _turn.Turn(count_capacity=4)
+    turn = _turn.EngineTurn(count_capacity=4)
     ev = EventBatch.from_reads([[b"050012"], [], [b"050099"]],
                                ts_ns=np.array([100, 200, 300], np.int64))
     seq = np.zeros(3, np.uint64)
@@ -332,7 +335,7 @@ def test_turn_counts_until_taken():
 def test_turn_refuses_inconsistent_columns():
     router = Router(_one_destination_plan())
     offsets, name_data = arrow_offsets_data(pa.array(["ALMATY"], pa.string()))
-    turn = _turn.Turn()
+    turn = _turn.EngineTurn()
     ev = EventBatch.from_reads([[b"050012"], [b"050099"]])
     seq = np.zeros(2, np.uint64)
     args = dict(now_ns=0, deadline_ns=0, first_decision_seq=1, plan_version=b"v",

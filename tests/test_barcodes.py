@@ -1,4 +1,4 @@
-"""Tests of the reference decoder (sorter/barcodes.py) against docs/routing.md section 1.
+"""Tests of the reference decoder (sorter/core/barcodes.py) against docs/routing.md section 1.
 
 Worked examples first, then properties on generated reads checked against two independent
 oracles: `tracking-numbers` for UPU S10 and `biip` for GS1 element strings. Where our rules
@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from tracking_numbers import get_definition
 
-from sorter import codes
-from sorter.barcodes import (
+from sorter.core import codes
+from sorter.core.barcodes import (
     Gs1SyntaxError,
     Read,
     decode,
@@ -31,7 +31,7 @@ from sorter.barcodes import (
     s10_check_digit,
     split_gs1,
 )
-from sorter.codes import (
+from sorter.core.codes import (
     BAD_AI_FIELD,
     BAD_CHARACTER,
     BAD_CHECK_DIGIT,
@@ -45,7 +45,7 @@ from sorter.codes import (
     RESERVED_SERVICE,
     UNRECOGNISED,
 )
-from sorter.gs1_ai import AI_LENGTH_BY_PREFIX, AI_TABLE, CHARSET_82, PREDEFINED_LENGTH, ROUTING_AIS
+from sorter.core.gs1_ai import AI_LENGTH_BY_PREFIX, AI_TABLE, CHARSET_82, PREDEFINED_LENGTH, ROUTING_AIS
 
 GS = b"\x1d"
 KZ = 398

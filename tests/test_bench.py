@@ -16,8 +16,8 @@ from bench import _count, main  # noqa: E402
 from bench.synthetic import (CATEGORIES, gs1_check_digits, make_chute_states,  # noqa: E402
                              make_events, make_events_labelled, make_plan, s10_check_digits,
                              take)
-from sorter.barcodes import decode  # noqa: E402
-from sorter.codes import KIND_POSTCODE  # noqa: E402
+from sorter.core.barcodes import decode  # noqa: E402
+from sorter.core.codes import KIND_POSTCODE  # noqa: E402
 
 TINY = ["--events", "20000", "--manifest-rows", "5000", "--prefixes", "300", "--chutes", "60",
         "--reference-events", "20000", "--repeats", "1", "--batch", "4096", "--seed", "1"]
@@ -170,7 +170,7 @@ def test_chute_states_block_whole_destinations(small_plan):
 
 def test_batch_views_route_like_one_call(small_plan):
     from bench.core import DEFAULT_BATCHES, _slices
-    from sorter.router import Router
+    from sorter.core.router import Router
 
     assert DEFAULT_BATCHES == (1, 16, 256, 4096, 65_536)
     events = make_events(small_plan, 3000, seed=8)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from sorter.cli import main
 from sorter.plan import load_plan
-from sorter.reference import ReferenceRouter
-from sorter.events import EventBatch
+from sorter.core.reference import ReferenceRouter
+from sorter.core.events import EventBatch
 
-SAMPLE = Path(__file__).parent.parent / "sorter" / "data" / "sample_scans.tsv"
+SAMPLE = Path(__file__).parent.parent / "sorter" / "plan" / "data" / "sample_scans.tsv"
 
 
 def run(capsys, *argv):

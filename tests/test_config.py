@@ -1,7 +1,7 @@
 """Engine settings: defaults < config file < flags; mistakes named with file, section and key."""
 import pytest
 
-from sorter.config import ConfigError, EngineConfig, load_config
+from sorter.engine.config import ConfigError, EngineConfig, load_config
 
 
 def test_defaults_run_on_loopback():

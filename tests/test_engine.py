@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from sorter import wire
 from sorter.audit import audit_files, read_audit, recover
-from sorter.codes import REASONS
-from sorter.events import EventBatch
+from sorter.core.codes import REASONS
+from sorter.core.events import EventBatch
 from sorter.plan import DEFAULT_PLAN, load_plan
-from sorter.reference import ReferenceRouter
+from sorter.core.reference import ReferenceRouter
 
 from engine_harness import EngineProcess, flatten
 from strategies import reads_for

@@ -3,7 +3,7 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sorter.events import EventBatch, concat_batches
+from sorter.core.events import EventBatch, concat_batches
 
 reads = st.lists(st.lists(st.binary(max_size=8), max_size=3), max_size=6)
 

@@ -1,4 +1,4 @@
-"""`sorter.launch`: how the demo, the bench and the tests start engines and learn their
+"""`sorter.engine.launch`: how the demo, the bench and the tests start engines and learn their
 endpoints; what happens when a child fails before it is ready or does not stop."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sorter.launch import Child, engine_command
+from sorter.engine.launch import Child, engine_command
 
 
 def py(code: str) -> list[str]:

@@ -2,7 +2,7 @@
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sorter.metrics import BatchHistogram, EngineMetrics
+from sorter.engine.metrics import BatchHistogram, EngineMetrics
 
 
 def test_histogram_buckets_and_quantiles():

@@ -7,7 +7,7 @@ message, one longest-prefix lookup, each in the compiled core and in the referen
 
 pyproject sets `--benchmark-disable` (hence `--benchmark-enable` above: pytest-benchmark
 refuses `--benchmark-only` while disabled): in a normal test run every benchmarked call runs
-once as a plain test. The core's decode goes through `sorter._core.decode_reads`, the tool
+once as a plain test. The core's decode goes through `sorter.core._core.decode_reads`, the tool
 entry point, so its time is mostly the call and its six output arrays, not the decoding. Either way each test checks the result it measured, so a fast wrong answer
 fails.
 """
@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sorter import _core
-from sorter.barcodes import decode, gs1_check_digit, item_key
-from sorter.codes import KIND_GS1, KIND_S10
-from sorter.countries import alpha2_to_numeric
+from sorter.core import _core
+from sorter.core.barcodes import decode, gs1_check_digit, item_key
+from sorter.core.codes import KIND_GS1, KIND_S10
+from sorter.core.countries import alpha2_to_numeric
 from sorter.plan import load_plan
-from sorter.reference import ReferenceRouter
-from sorter.router import compile_plan
+from sorter.core.reference import ReferenceRouter
+from sorter.core.router import compile_plan
 
 HOME = alpha2_to_numeric("KZ")
 S10 = b"RR473124829GB"

@@ -15,7 +15,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from sorter import plan as plan_mod
+from sorter.plan import checks as plan_mod
 from sorter.cli import build_parser, main
 from sorter.plan import (DEFAULT_PLAN, MANIFEST_PROBLEM_LIMIT, Destination, Plan, PlanError,
                          Problem, load_plan, summary, validate)

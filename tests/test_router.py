@@ -3,10 +3,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sorter.events import EventBatch
+from sorter.core.events import EventBatch
 from sorter.plan import Destination, Plan
-from sorter.reference import ReferenceRouter
-from sorter.router import Router, compile_plan
+from sorter.core.reference import ReferenceRouter
+from sorter.core.router import Router, compile_plan
 
 from strategies import s10, sscc
 
@@ -137,7 +137,7 @@ def test_bad_plan_swap_keeps_running_plan():
 
 def test_compiled_manifest_lookup():
     compiled = compile_plan(make_plan())
-    from sorter.barcodes import item_key
+    from sorter.core.barcodes import item_key
     assert compiled.manifest_rows == 3
     assert compiled.lookup_manifest(item_key(s10("RR", 1, "CN").decode())) == 1
     assert compiled.lookup_manifest(item_key(s10("CP", 2, "DE").decode())) == -1

@@ -31,9 +31,9 @@ from scanners.framing import (Anomaly, Frame, FrameSplitter, PresetError, Telegr
                               load_format, parse_frame, preset_names, salvage_index)
 from simulators.tunnel import TcpTelegramOutput
 from sorter import wire
-from sorter.codes import REASONS
+from sorter.core.codes import REASONS
 from sorter.plan import load_plan
-from sorter.reference import ReferenceRouter
+from sorter.core.reference import ReferenceRouter
 
 from engine_harness import ROOT, EngineProcess
 

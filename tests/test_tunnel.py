@@ -15,9 +15,9 @@ from simulators.model import LoopBack, Registry
 from simulators.population import Population
 from simulators.tunnel import Scan, TcpTelegramOutput, TunnelSimulator, ZmqOutput, main
 from sorter import wire
-from sorter.barcodes import decode
+from sorter.core.barcodes import decode
 from sorter.plan import load_plan
-from sorter.reference import ReferenceRouter
+from sorter.core.reference import ReferenceRouter
 
 from engine_harness import EngineProcess
 

@@ -1,4 +1,4 @@
-"""The wire protocol (sorter.wire, sorter._wire, docs/protocol.md).
+"""The wire protocol (sorter.wire, sorter.wire._wire, docs/protocol.md).
 
 Round trips on generated batches, every malformed class with its code and offset, fuzzing with
 garbage and with mutated valid messages (only WireError or a valid decode, and a valid decode
@@ -21,8 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sorter import _wire, codes, wire
-from sorter.events import Decisions, EventBatch
+from sorter.wire import _wire
+from sorter.core import codes
+from sorter import wire
+from sorter.core.events import Decisions, EventBatch
 from sorter.wire import Limits, WireError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
-"""The engine's drain and send through libzmq's C API (`sorter._zmqio`, found by
-`sorter.zmq_native`), on real loopback sockets, and the engine on either I/O path."""
+"""The engine's drain and send through libzmq's C API (`sorter.engine._zmqio`, found by
+`sorter.engine.zmq_native`), on real loopback sockets, and the engine on either I/O path."""
 from __future__ import annotations
 
 import sys
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import zmq
 
-from sorter import _line, _zmqio, wire
+from sorter.engine import _scanloop, _zmqio
+from sorter import wire
 from sorter.audit import read_audit
-from sorter.events import EventBatch
-from sorter.zmq_native import libzmq_symbols, native_socket
+from sorter.core.events import EventBatch
+from sorter.engine.zmq_native import libzmq_symbols, native_socket
 
 from engine_harness import EngineProcess
 
@@ -26,7 +27,7 @@ def test_symbols_are_found_on_linux():
     if sys.platform != "linux":
         assert SYMBOLS is None
         return
-    assert SYMBOLS is not None and set(SYMBOLS) == set(_zmqio.SYMBOLS) | set(_line.SYMBOLS)
+    assert SYMBOLS is not None and set(SYMBOLS) == set(_zmqio.SYMBOLS) | set(_scanloop.SYMBOLS)
     assert all(isinstance(a, int) and a > 0 for a in SYMBOLS.values())
 
 

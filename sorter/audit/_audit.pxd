@@ -1,4 +1,4 @@
-# C-level face of sorter._audit: the encoder, for compiled callers (sorter._turn, sorter._line).
+# C-level face of sorter.audit._audit: the encoder, for compiled callers (sorter.engine._turn, sorter.engine._scanloop).
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 

@@ -21,15 +21,15 @@ import sys
 
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR
 from posix.unistd cimport write as c_write
 
-from sorter._columns cimport column_data, offsets_bad
+from sorter._shared cimport column_data, offsets_bad, reserve
 
 if sys.byteorder != "little":        # the layout below stores host integers as they are
-    raise ImportError("sorter._audit writes little-endian Arrow IPC and needs a little-endian host")
+    raise ImportError("sorter.audit._audit writes little-endian Arrow IPC and needs a little-endian host")
 
 cnp.import_array()
 
@@ -162,18 +162,7 @@ cdef class DecisionEncoder:
         free(self.buf)
 
     cdef int _reserve(self, Py_ssize_t need) except -1:
-        cdef uint8_t* p
-        cdef Py_ssize_t cap = self.cap if self.cap else 1024
-        if need <= self.cap:
-            return 0
-        while cap < need:
-            cap *= 2
-        p = <uint8_t*> realloc(self.buf, cap)
-        if p == NULL:
-            raise MemoryError(f"audit message of {need} bytes")
-        self.buf = p
-        self.cap = cap
-        return 0
+        return reserve(<void**> &self.buf, &self.cap, need, 1)
 
     # -- body building (the buffer is large enough: see encode's bound) ---------------------
     cdef void _node(self, int64_t length, int64_t nulls) noexcept nogil:

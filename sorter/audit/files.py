@@ -10,7 +10,7 @@ Layout (see docs/audit.md)::
 `write(2)` of the serialized batch), so a decision whose `write_decisions` call returned
 survives SIGKILL. The files are standard Arrow IPC files, but their bytes are laid out here
 (`_IpcFile`): pyarrow serializes the schema and dictionary once, the compiled
-`sorter._audit.DecisionEncoder` encodes each decision batch (pyarrow's batch assembly cost
+`sorter.audit._audit.DecisionEncoder` encodes each decision batch (pyarrow's batch assembly cost
 ~80 us per one-event batch, the engine's largest fixed cost per turn), and the footer is built
 from the recorded block positions when the file is sealed. fsync per policy bounds what a
 power loss can take, and with an interval the
@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from . import _audit
-from .codes import MALFORMED, REASONS
-from .events import Decisions, EventBatch, arrow_offsets_data
+from sorter.audit import _audit
+from sorter.core.codes import MALFORMED, REASONS
+from sorter.core.events import Decisions, EventBatch, arrow_offsets_data
 
 __all__ = ["AUDIT_SCHEMA", "REASON_DICTIONARY", "AuditWriter", "AuditLocked", "Recovery",
            "recover", "recover_files", "read_audit", "audit_files"]
@@ -661,11 +661,11 @@ class AuditWriter:
                       now_ns: int) -> None:
         """Write the message `encoder` encoded last (`rows` decisions numbered from
         `first_seq`, decided at `now_ns`): for compiled callers that encode themselves
-        (`sorter._turn.Turn`). Same guarantees as `write_decisions`."""
+        (`sorter.engine._turn.EngineTurn`). Same guarantees as `write_decisions`."""
         self._write(rows, first_seq, now_ns, encoder)
 
     def lend(self, now_ns: int, first_seq: int, *, open_file: bool) -> tuple:
-        """The current file, lent to a compiled writer (`sorter._line.Line`) that writes
+        """The current file, lent to a compiled writer (`sorter.engine._scanloop.ScanLoop`) that writes
         whole messages of `_audit.DecisionEncoder` itself: (fd, position, position limit,
         time limit in ns, fsync after each message). Seals the file if its time is up (by
         now_ns); with open_file, opens one when there is none (else fd is -1). The borrower

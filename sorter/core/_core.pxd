@@ -1,4 +1,4 @@
-# C-level types of the routing core. The numbers repeat sorter/codes.py (a test checks them).
+# C-level types of the routing core. The numbers repeat sorter/core/codes.py (a test checks them).
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t, uint64_t
 
@@ -79,7 +79,7 @@ cdef struct Tables:
     int32_t recirculation_limit
 
 
-# The compiled classes, declared here so that other compiled modules (sorter._turn) can call
+# The compiled classes, declared here so that other compiled modules (sorter.engine._turn) can call
 # the router at C level, without a Python call per batch.
 cdef class CompiledPlan:
     cdef Tables t
@@ -89,7 +89,7 @@ cdef class CompiledPlan:
     cdef list _build_manifest(self, keys_in, countries_in, pc_offsets_in, pc_data_in)
 
 
-cdef class CoreRouter:
+cdef class RouterState:
     cdef CompiledPlan _plan
     cdef uint8_t state[N_CHUTES]
     cdef cnp.ndarray _rr       # int32 per destination: last chosen position (round robin)

@@ -3,19 +3,21 @@
 
 Sans-IO: columnar arrays in, columnar arrays out. Every hot loop runs without the GIL over
 typed memoryviews and C structs; docs/routing.md is the specification and
-`sorter.reference` the readable twin this module is tested against.
+`sorter.core.reference` the readable twin this module is tested against.
 """
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t, uint64_t
 from libc.string cimport memset, memcpy
 
-from sorter import gs1_ai as _gs1_ai
+from sorter._shared cimport as_column, offsets_bad, out_column
+
+from sorter.core import gs1_ai as _gs1_ai
 
 cnp.import_array()
 
 # ---------------------------------------------------------------------------------------------
-# GS1 Application Identifier tables, built once at import from sorter/gs1_ai.py.
+# GS1 Application Identifier tables, built once at import from sorter/core/gs1_ai.py.
 # AI index: 2-digit AIs at 0..99, 3-digit at 100 + ai, 4-digit at 1100 + ai.
 
 cdef struct AiInfo:
@@ -92,7 +94,7 @@ cdef inline bint is_letter(uint8_t c) noexcept nogil:
 
 
 cdef inline uint64_t s10_key(const uint8_t* p) noexcept nogil:
-    """Manifest key of a shape-checked S10 id (see sorter.barcodes.item_key)."""
+    """Manifest key of a shape-checked S10 id (see sorter.core.barcodes.item_key)."""
     cdef uint64_t d = 0
     cdef int i
     for i in range(2, 11):
@@ -426,7 +428,7 @@ cdef uint64_t _capacity_for(Py_ssize_t n):
 
 
 cdef class CompiledPlan:
-    """Immutable routing tables of one plan. Build with `sorter.router.compile_plan`.
+    """Immutable routing tables of one plan. Build with `sorter.core.router.compile_plan`.
     (Attributes: _core.pxd.)"""
 
     def __cinit__(self, *, int home_country, trie_children, trie_dest, country_dest, service_dest,
@@ -540,29 +542,15 @@ cdef class CompiledPlan:
 # Batch calls
 
 
-cdef int check_offsets(const int32_t[::1] offsets, Py_ssize_t limit) noexcept nogil:
-    """0 when offsets are non-decreasing and within 0..limit, else 1 + the bad index."""
-    return check_offsets_p(&offsets[0] if offsets.shape[0] else NULL, offsets.shape[0], limit)
-
-
-cdef int check_offsets_p(const int32_t* offsets, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
-    cdef Py_ssize_t i
-    if n == 0:
-        return 1
-    if offsets[0] < 0:
-        return 1
-    for i in range(1, n):
-        if offsets[i] < offsets[i - 1]:
-            return <int>(i + 1)
-    if offsets[n - 1] > limit:
-        return <int>n
-    return 0
+cdef inline bint bad_offsets(const int32_t[::1] offsets, Py_ssize_t limit) noexcept nogil:
+    """offsets_bad for a memoryview (empty: bad)."""
+    return offsets_bad(&offsets[0] if offsets.shape[0] else NULL, offsets.shape[0], limit)
 
 
 def decode_reads(const int32_t[::1] read_offsets, const uint8_t[::1] data, int home_country):
     """Decode every read of a batch. Returns a dict of columns (for tools and tests)."""
     cdef Py_ssize_t n = read_offsets.shape[0] - 1, i
-    if check_offsets(read_offsets, data.shape[0]):
+    if bad_offsets(read_offsets, data.shape[0]):
         raise ValueError("read_offsets are not non-decreasing offsets into data")
     kind = np.empty(n, np.uint8)
     error = np.empty(n, np.uint8)
@@ -596,7 +584,7 @@ def decode_reads(const int32_t[::1] read_offsets, const uint8_t[::1] data, int h
 def item_keys(const int32_t[::1] offsets, const uint8_t[::1] data):
     """Manifest key per item id string (S10 or SSCC, validated), 0 where it is neither."""
     cdef Py_ssize_t n = offsets.shape[0] - 1, i, ln, j
-    if check_offsets(offsets, data.shape[0]):
+    if bad_offsets(offsets, data.shape[0]):
         raise ValueError("offsets are not non-decreasing offsets into data")
     out = np.zeros(max(n, 0), np.uint64)
     cdef uint64_t[::1] ov = out
@@ -621,7 +609,7 @@ def item_keys(const int32_t[::1] offsets, const uint8_t[::1] data):
     return out
 
 
-cdef class CoreRouter:
+cdef class RouterState:
     """Routes batches with one compiled plan at a time and the live chute states.
 
     Not thread-safe: one router per routing thread. `set_plan` between batches is atomic
@@ -666,14 +654,14 @@ cdef class CoreRouter:
         at least n entries. NumPy arrays of exactly these types are used as they are (checked
         through the NumPy C API, ~20 ns each: typed memoryviews cost ~0.3 us apiece, most of
         a one-event call); other buffers are converted, outputs never are."""
-        cdef cnp.ndarray eo = _input(event_offsets, cnp.NPY_INT32, "event_offsets")
-        cdef cnp.ndarray ro = _input(read_offsets, cnp.NPY_INT32, "read_offsets")
-        cdef cnp.ndarray da = _input(data, cnp.NPY_UINT8, "data")
-        cdef cnp.ndarray rc = _input(recirculations, cnp.NPY_UINT8, "recirculations")
-        cdef cnp.ndarray ts = _input(ts_ns, cnp.NPY_INT64, "ts_ns")
-        cdef cnp.ndarray oc = _output(out_chute, cnp.NPY_UINT16, "out_chute")
-        cdef cnp.ndarray orr = _output(out_reason, cnp.NPY_UINT8, "out_reason")
-        cdef cnp.ndarray od = _output(out_dest, cnp.NPY_INT32, "out_dest")
+        cdef cnp.ndarray eo = as_column(event_offsets, cnp.NPY_INT32, "event_offsets", False)
+        cdef cnp.ndarray ro = as_column(read_offsets, cnp.NPY_INT32, "read_offsets", False)
+        cdef cnp.ndarray da = as_column(data, cnp.NPY_UINT8, "data", False)
+        cdef cnp.ndarray rc = as_column(recirculations, cnp.NPY_UINT8, "recirculations", False)
+        cdef cnp.ndarray ts = as_column(ts_ns, cnp.NPY_INT64, "ts_ns", False)
+        cdef cnp.ndarray oc = out_column(out_chute, cnp.NPY_UINT16, "out_chute")
+        cdef cnp.ndarray orr = out_column(out_reason, cnp.NPY_UINT8, "out_reason")
+        cdef cnp.ndarray od = out_column(out_dest, cnp.NPY_INT32, "out_dest")
         cdef Py_ssize_t n = cnp.PyArray_DIM(eo, 0) - 1
         cdef Py_ssize_t n_reads = cnp.PyArray_DIM(ro, 0) - 1, n_bytes = cnp.PyArray_DIM(da, 0)
         if n < 0:
@@ -684,9 +672,9 @@ cdef class CoreRouter:
             raise ValueError("output arrays are shorter than the batch")
         cdef const int32_t* ev_off = <const int32_t*> cnp.PyArray_DATA(eo)
         cdef const int32_t* rd_off = <const int32_t*> cnp.PyArray_DATA(ro)
-        if check_offsets_p(ev_off, n + 1, n_reads):
+        if offsets_bad(ev_off, n + 1, n_reads):
             raise ValueError("event_offsets are not non-decreasing offsets into read_offsets")
-        if check_offsets_p(rd_off, n_reads + 1, n_bytes):
+        if offsets_bad(rd_off, n_reads + 1, n_bytes):
             raise ValueError("read_offsets are not non-decreasing offsets into data")
         if n == 0:
             return 0
@@ -705,7 +693,7 @@ cdef class CoreRouter:
                             uint8_t* reason, int32_t* dest, Py_ssize_t n) except -1:
         """`route` at C level, for compiled callers (with the GIL; released while routing):
         the offsets must already be valid, as `route` checks them and as
-        `sorter._wire.decode_scans` produces them. The plan and round-robin table are held
+        `sorter.wire._wire.decode_scans` produces them. The plan and round-robin table are held
         for the whole batch, so a swap from another thread can neither tear nor free them."""
         cdef CompiledPlan plan = self._plan
         cdef cnp.ndarray rr = self._rr
@@ -714,40 +702,6 @@ cdef class CoreRouter:
             route_batch(&plan.t, self.state, prr, ev_off, rd_off, data, recirc, ts, now_ns,
                         deadline_ns, chute, reason, dest, n)
         return n
-
-
-cdef dict _TYPENAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT8: "uint8", cnp.NPY_UINT16: "uint16",
-                        cnp.NPY_INT64: "int64"}
-
-
-cdef inline bint _is_vector(object values, int typenum, bint writable):
-    """A contiguous 1-d ndarray of typenum (writable too, if asked)."""
-    cdef cnp.ndarray a
-    if not isinstance(values, cnp.ndarray):
-        return False
-    a = <cnp.ndarray> values
-    return (cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1
-            and (cnp.PyArray_ISCARRAY(a) if writable else cnp.PyArray_ISCARRAY_RO(a)))
-
-
-cdef cnp.ndarray _input(object values, int typenum, str name):
-    """`values` as a contiguous 1-d array of typenum: itself when it is one, else a copy of a
-    buffer of that type (ValueError for another type: values are never cast)."""
-    if _is_vector(values, typenum, False):
-        return <cnp.ndarray> values
-    cdef cnp.ndarray a = np.ascontiguousarray(values)
-    if cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 1:
-        raise ValueError(f"{name}: expected a 1-d {_TYPENAMES[typenum]} "
-                         f"array, got {a.dtype} with {a.ndim} dimension(s)")
-    return a
-
-
-cdef cnp.ndarray _output(object values, int typenum, str name):
-    """`values` itself, which must be a writable contiguous 1-d array of typenum."""
-    if _is_vector(values, typenum, True):
-        return <cnp.ndarray> values
-    raise ValueError(f"{name}: expected a writable contiguous 1-d "
-                     f"{_TYPENAMES[typenum]} array")
 
 
 cdef inline uint16_t special_chute(const Tables* t, const uint8_t* state, int reason) noexcept nogil:
@@ -913,7 +867,7 @@ cdef void route_batch(const Tables* t, const uint8_t* state, int32_t* rr,
         e = e_end
 
 def constants():
-    """The C enums of _core.pxd, so a test can hold them equal to sorter/codes.py."""
+    """The C enums of _core.pxd, so a test can hold them equal to sorter/core/codes.py."""
     return {
         "reasons": [R_SORTED, R_NO_READ, R_INVALID, R_CONFLICT, R_UNKNOWN_DESTINATION,
                     R_RECIRCULATE, R_OVERFLOW, R_LATE, R_MALFORMED],

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from sorter import codes
-from sorter.codes import (
+from sorter.core import codes
+from sorter.core.codes import (
     BAD_AI_FIELD,
     BAD_CHARACTER,
     BAD_CHECK_DIGIT,
@@ -28,8 +28,8 @@ from sorter.codes import (
     RESERVED_SERVICE,
     UNRECOGNISED,
 )
-from sorter.countries import numeric_to_alpha2
-from sorter.gs1_ai import AI_LENGTH_BY_PREFIX, AI_TABLE, CHARSET_82, PREDEFINED_LENGTH, ROUTING_AIS
+from sorter.core.countries import numeric_to_alpha2
+from sorter.core.gs1_ai import AI_LENGTH_BY_PREFIX, AI_TABLE, CHARSET_82, PREDEFINED_LENGTH, ROUTING_AIS
 
 __all__ = [
     "GS",

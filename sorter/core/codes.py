@@ -1,7 +1,7 @@
 """Numeric codes shared by the compiled core, the reference router, the CLI and the audit.
 
 The names are contracts (they appear in JSON output, audit files and docs); the numbers are
-what travels in arrays. `sorter/_core.pxd` repeats the numbers as C enums and a test checks
+what travels in arrays. `sorter/core/_core.pxd` repeats the numbers as C enums and a test checks
 that the two agree.
 """
 

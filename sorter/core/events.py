@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .codes import REASONS
+from sorter.core.codes import REASONS
 
 
 def arrow_offsets_data(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:

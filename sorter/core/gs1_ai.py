@@ -1,6 +1,6 @@
 """GS1 Application Identifier data for the barcode decoder (docs/routing.md section 1.3).
 
-Plain data, shared by the reference decoder (`sorter/barcodes.py`) and the compiled core:
+Plain data, shared by the reference decoder (`sorter/core/barcodes.py`) and the compiled core:
 
 - `AI_LENGTH_BY_PREFIX`: how many digits an AI has, from its first two digits;
 - `PREDEFINED_LENGTH`: prefixes whose element strings have a predefined total length (AI +

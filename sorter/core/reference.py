@@ -2,25 +2,40 @@
 
 Slow on purpose and readable on purpose. It is the executable specification and the oracle the
 compiled core is tested against, decision by decision; it shares only the reference decoder
-(`sorter.barcodes`) and the plan model with the rest of the package, never the core.
+(`sorter.core.barcodes`) and the plan model with the rest of the package, never the core.
 """
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .barcodes import Read, decode
-from .codes import (CHUTE_AVAILABLE, CHUTE_STATES, CONFLICT, INVALID, LATE, NO_CHUTE,
-                    NO_DESTINATION, NO_READ, OVERFLOW, RECIRCULATE, SORTED, UNKNOWN_DESTINATION,
-                    REASONS)
-from .countries import alpha2_to_numeric
-from .events import Decisions, EventBatch
-from .plan import Plan
+from sorter.core.barcodes import Read, decode
+from sorter.core.codes import (
+    CHUTE_AVAILABLE,
+    CHUTE_STATES,
+    CONFLICT,
+    INVALID,
+    LATE,
+    NO_CHUTE,
+    NO_DESTINATION,
+    NO_READ,
+    OVERFLOW,
+    REASONS,
+    RECIRCULATE,
+    SORTED,
+    UNKNOWN_DESTINATION,
+)
+from sorter.core.countries import alpha2_to_numeric
+from sorter.core.events import Decisions, EventBatch
+
+if TYPE_CHECKING:                   # the core takes any object with a Plan's fields
+    from sorter.plan import Plan
 
 
 class ReferenceRouter:
-    """Same API as `sorter.router.Router`."""
+    """Same API as `sorter.core.router.Router`."""
 
     def __init__(self, plan: Plan):
         self._states: dict[int, int] = {}

@@ -6,14 +6,16 @@ routed in batches through the compiled core, exactly as the engine routes them.
 from __future__ import annotations
 
 import json
-from typing import BinaryIO, Iterator, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Iterator, TextIO
 
-from .barcodes import decode
-from .codes import REASONS
-from .countries import alpha2_to_numeric
-from .events import EventBatch
-from .plan import Plan
-from .router import Router
+from sorter.core.barcodes import decode
+from sorter.core.codes import REASONS
+from sorter.core.countries import alpha2_to_numeric
+from sorter.core.events import EventBatch
+from sorter.core.router import Router
+
+if TYPE_CHECKING:                   # the core takes any object with a Plan's fields
+    from sorter.plan import Plan
 
 ESCAPES = ((b"<GS>", b"\x1d"), (b"\\x1d", b"\x1d"), (b"\\x1D", b"\x1d"))
 MAX_LINE = 64 * 1024

@@ -3,22 +3,31 @@
     router = Router(load_plan())
     decisions = router.route(EventBatch.from_reads([[b"RR473124829GB"], []]))
 
-`Router` and `sorter.reference.ReferenceRouter` share this API; the reference is the readable
+`Router` and `sorter.core.reference.ReferenceRouter` share this API; the reference is the readable
 specification, this one is the fast path.
 """
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import _core
-from .codes import (CHUTE_STATES, MAX_CHUTE, POLICIES, REASON_CODE, SPECIAL_REASONS)
-from .countries import alpha2_to_numeric
-from .events import Decisions, EventBatch, arrow_offsets_data
-from .plan import Plan
+from sorter.core import _core
+from sorter.core.codes import (
+    CHUTE_STATES,
+    MAX_CHUTE,
+    POLICIES,
+    REASON_CODE,
+    SPECIAL_REASONS,
+)
+from sorter.core.countries import alpha2_to_numeric
+from sorter.core.events import Decisions, EventBatch, arrow_offsets_data
+
+if TYPE_CHECKING:                   # the core takes any object with a Plan's fields
+    from sorter.plan import Plan
 
 NO_COUNTRY = 0xFFFF
 MAX_POSTCODE = 20
@@ -128,7 +137,7 @@ class Router:
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self._core = _core.CoreRouter(compile_plan(plan))
+        self._core = _core.RouterState(compile_plan(plan))
 
     def swap_plan(self, plan: Plan, compiled: _core.CompiledPlan | None = None) -> None:
         """Route the next batch by `plan`. Pass `compiled` when the plan was already compiled
@@ -139,8 +148,8 @@ class Router:
         self.plan = plan
 
     @property
-    def core(self) -> _core.CoreRouter:
-        """The compiled router (for compiled callers such as `sorter._turn.Turn`)."""
+    def core(self) -> _core.RouterState:
+        """The compiled router (for compiled callers such as `sorter.engine._turn.EngineTurn`)."""
         return self._core
 
     def set_chute_state(self, chute: int, state: int | str) -> None:

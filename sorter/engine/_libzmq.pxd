@@ -1,5 +1,5 @@
-# libzmq's C API as pyzmq loaded it, for sorter._zmqio and sorter._line: the types, a table of
-# the functions (their addresses come from sorter.zmq_native) and the receive and send steps
+# libzmq's C API as pyzmq loaded it, for sorter.engine._zmqio and sorter.engine._scanloop: the types, a table of
+# the functions (their addresses come from sorter.engine.zmq_native) and the receive and send steps
 # both modules use. The socket handles are pyzmq's (Socket.underlying): the pyzmq Socket stays
 # the owner; these are called from the thread that uses it, never after it is closed.
 from libc.errno cimport EAGAIN, EINTR

@@ -7,8 +7,8 @@ engine's added latency. With the compiled parts strung together by Python (poll,
 decode, turn, audit bookkeeping, send, count) a one-event turn still spent ~25 us of CPU,
 most of it in the calls between the parts; the bare relay it is measured against spends ~10.
 
-The parts stay where they live (`sorter._wire` decodes, `sorter._turn` routes and encodes,
-`sorter._audit` writes the IPC message); this module is the loop around them and its I/O:
+The parts stay where they live (`sorter.wire._wire` decodes, `sorter.engine._turn` routes and encodes,
+`sorter.audit._audit` writes the IPC message); this module is the loop around them and its I/O:
 zmq_poll on the scans, feedback and control sockets, zmq_msg_recv into an arena, write(2) to
 the audit file the writer lent (`AuditWriter.lend`), zmq_send. It returns to Python, keeping
 what it drained, when:
@@ -25,20 +25,19 @@ Write-before-send holds: a decision is sent only after its audit message was wri
 """
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 from libc.errno cimport EINTR, errno
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.unistd cimport fsync
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from sorter._audit cimport utf8_ok
-from sorter._columns cimport column_data, offsets_bad
-from sorter._core cimport CoreRouter
-from sorter._libzmq cimport (Api, ZMQ_POLLIN, load_api, recv_nowait, send_nowait, zmq_msg_t,
+from sorter.audit._audit cimport utf8_ok
+from sorter._shared cimport column_data, grown, mono_ns, now_ns, offsets_bad, reserve, resize
+from sorter.core._core cimport RouterState
+from sorter.engine._libzmq cimport (Api, ZMQ_POLLIN, load_api, recv_nowait, send_nowait, zmq_msg_t,
                              zmq_pollitem_t)
-from sorter._turn cimport Turn
-from sorter._wire cimport (Frame, Limits, _limits, scans_count, scans_fill, OK, K_SCAN,
+from sorter.engine._turn cimport EngineTurn
+from sorter.wire._wire cimport (Frame, Limits, _limits, scans_count, scans_fill, OK, K_SCAN,
                            MAX_OFFSET)
 
 import os
@@ -47,12 +46,12 @@ import sys
 import numpy as np
 import zmq
 
-from sorter._audit import META_LENGTH as _META_LENGTH
+from sorter.audit._audit import META_LENGTH as _META_LENGTH
 
 cnp.import_array()
 
 if sys.byteorder != "little":        # the drain reads the SCAN count as a host integer
-    raise ImportError("sorter._line needs a little-endian host")
+    raise ImportError("sorter.engine._scanloop needs a little-endian host")
 
 # why run() returned
 TIMER, OTHER, FALLBACK, AUDIT, COUNTS, SIGNAL = range(6)
@@ -71,43 +70,7 @@ SYMBOLS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_
            "zmq_send", "zmq_errno", "zmq_poll")
 
 
-cdef inline int64_t _now_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_REALTIME, &t)          # the clock of time.time_ns()
-    return <int64_t> t.tv_sec * 1000000000 + t.tv_nsec
-
-
-cdef inline int64_t _mono_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)         # the clock of time.monotonic_ns(): timers
-    return <int64_t> t.tv_sec * 1000000000 + t.tv_nsec
-
-
-cdef inline Py_ssize_t _grown(Py_ssize_t cap, Py_ssize_t need) noexcept:
-    """The capacity a buffer of `cap` items grows to when it must hold `need`."""
-    return max(need, 2 * cap, 64)
-
-
-cdef int _resize(void** p, Py_ssize_t n, size_t width) except -1:
-    """Reallocate the buffer at *p to n items of `width` bytes (contents kept)."""
-    cdef void* q = realloc(p[0], n * width)
-    if q == NULL:
-        raise MemoryError()
-    p[0] = q
-    return 0
-
-
-cdef int _reserve(void** p, Py_ssize_t* cap, Py_ssize_t need, size_t width) except -1:
-    """Grow the buffer at *p (of *cap items of `width` bytes) to hold `need` items."""
-    cdef Py_ssize_t n
-    if need > cap[0]:
-        n = _grown(cap[0], need)
-        _resize(p, n, width)
-        cap[0] = n
-    return 0
-
-
-cdef class Line:
+cdef class ScanLoop:
     """The scan turns of one engine: its scans (PULL), decisions (PUSH), feedback and control
     sockets (pyzmq Sockets, which stay the owners), driven through the libzmq functions in
     `symbols` (each name of SYMBOLS: its address in the libzmq pyzmq loaded).
@@ -115,14 +78,14 @@ cdef class Line:
     `run(...)` turns until it has to return (see the module) and says why. What it did is
     kept until taken: `take_audit()` (where the messages went in the lent file),
     `take_counters()`, `take_frames()`; the routed events' figures are in `turn`
-    (`Turn.take_counts`). `decision_seq` and `batch_seq` are the last ones given out: set
+    (`EngineTurn.take_counts`). `decision_seq` and `batch_seq` are the last ones given out: set
     them before a run when Python decided in between, read them after."""
     cdef void* h_scans
     cdef void* h_decisions
     cdef void* h_feedback
     cdef void* h_control
     cdef readonly object sockets        # the owners, kept alive while this is
-    cdef readonly Turn turn
+    cdef readonly EngineTurn turn
     cdef Api api
     cdef Limits lim
     cdef Py_ssize_t batch_max
@@ -161,7 +124,7 @@ cdef class Line:
     cdef public uint64_t decision_seq
     cdef public uint32_t batch_seq
 
-    def __cinit__(self, scans, decisions, feedback, control, dict symbols, Turn turn, *,
+    def __cinit__(self, scans, decisions, feedback, control, dict symbols, EngineTurn turn, *,
                   Py_ssize_t batch_max, Py_ssize_t max_frame, Py_ssize_t max_records,
                   int max_reads, int max_read_len):
         load_api(&self.api, symbols, SYMBOLS)
@@ -247,7 +210,7 @@ cdef class Line:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self, CoreRouter router, bytes plan_version, name_offsets, name_data,
+    def run(self, RouterState router, bytes plan_version, name_offsets, name_data,
             int64_t deadline_ns, int64_t until_mono_ns, long timeout_ms):
         """Turn until one of TIMER, OTHER, FALLBACK, AUDIT, COUNTS, SIGNAL (see the module)
         and return it. Routes by `router`'s plan (`plan_version` UTF-8, destination names by
@@ -271,7 +234,7 @@ cdef class Line:
         cdef int code
         while True:
             if self.n_frames == 0:
-                now = _mono_ns()                # a wall-clock step never holds timers
+                now = mono_ns()                # a wall-clock step never holds timers
                 if now >= until_mono_ns:
                     return TIMER
                 wait_ms = min(timeout_ms, (until_mono_ns - now + 999999) // 1000000)
@@ -310,12 +273,12 @@ cdef class Line:
             p = <const uint8_t*> self.api.msg_data(&msg)
             k = self.n_frames
             try:
-                _reserve(<void**> &self.arena, &self.arena_cap, self.arena_len + size + 1, 1)
+                reserve(<void**> &self.arena, &self.arena_cap, self.arena_len + size + 1, 1)
                 self._reserve_frames(k + 1)
             except BaseException:
                 self.api.msg_close(&msg)
                 raise
-            self.f_time[k] = _now_ns()
+            self.f_time[k] = now_ns()
             if size:
                 memcpy(self.arena + self.arena_len, p, size)
             self.api.msg_close(&msg)
@@ -331,13 +294,13 @@ cdef class Line:
         """Room for n frames in every per-frame buffer (they share one capacity)."""
         if n <= self.f_cap:
             return 0
-        cdef Py_ssize_t cap = _grown(self.f_cap, n)
-        _resize(<void**> &self.f_start, cap, sizeof(Py_ssize_t))
-        _resize(<void**> &self.f_size, cap, sizeof(Py_ssize_t))
-        _resize(<void**> &self.f_time, cap, sizeof(int64_t))
-        _resize(<void**> &self.frames, cap, sizeof(Frame))
-        _resize(<void**> &self.f_count, cap, sizeof(int32_t))
-        _resize(<void**> &self.f_kind, cap, sizeof(uint8_t))
+        cdef Py_ssize_t cap = grown(self.f_cap, n)
+        resize(<void**> &self.f_start, cap, sizeof(Py_ssize_t))
+        resize(<void**> &self.f_size, cap, sizeof(Py_ssize_t))
+        resize(<void**> &self.f_time, cap, sizeof(int64_t))
+        resize(<void**> &self.frames, cap, sizeof(Frame))
+        resize(<void**> &self.f_count, cap, sizeof(int32_t))
+        resize(<void**> &self.f_kind, cap, sizeof(uint8_t))
         self.f_cap = cap
         return 0
 
@@ -345,20 +308,20 @@ cdef class Line:
         """Room for ne events (per-event columns share one capacity), nr reads, nd bytes."""
         cdef Py_ssize_t cap
         if ne > self.ev_cap:
-            cap = _grown(self.ev_cap, ne)
-            _resize(<void**> &self.pid, cap, sizeof(uint64_t))
-            _resize(<void**> &self.seq, cap, sizeof(uint64_t))
-            _resize(<void**> &self.ts, cap, sizeof(int64_t))
-            _resize(<void**> &self.sc, cap, sizeof(uint16_t))
-            _resize(<void**> &self.rc, cap, sizeof(uint8_t))
-            _resize(<void**> &self.recv, cap, sizeof(int64_t))
+            cap = grown(self.ev_cap, ne)
+            resize(<void**> &self.pid, cap, sizeof(uint64_t))
+            resize(<void**> &self.seq, cap, sizeof(uint64_t))
+            resize(<void**> &self.ts, cap, sizeof(int64_t))
+            resize(<void**> &self.sc, cap, sizeof(uint16_t))
+            resize(<void**> &self.rc, cap, sizeof(uint8_t))
+            resize(<void**> &self.recv, cap, sizeof(int64_t))
             self.ev_cap = cap
-        _reserve(<void**> &self.eo, &self.eo_cap, ne + 1, sizeof(int32_t))
-        _reserve(<void**> &self.ro, &self.ro_cap, nr + 1, sizeof(int32_t))
-        _reserve(<void**> &self.data, &self.data_cap, max(nd, 1), sizeof(uint8_t))
+        reserve(<void**> &self.eo, &self.eo_cap, ne + 1, sizeof(int32_t))
+        reserve(<void**> &self.ro, &self.ro_cap, nr + 1, sizeof(int32_t))
+        reserve(<void**> &self.data, &self.data_cap, max(nd, 1), sizeof(uint8_t))
         return 0
 
-    cdef int _decide(self, CoreRouter router, bytes plan_version, const int32_t* no,
+    cdef int _decide(self, RouterState router, bytes plan_version, const int32_t* no,
                      Py_ssize_t n_names, const uint8_t* nd, int64_t deadline_ns) except -2:
         """Decode the pending frames and decide them: one turn. C_GO_ON when done (the
         frames are gone), else why it cannot (the frames stay)."""
@@ -383,7 +346,7 @@ cdef class Line:
             return C_GO_ON
         if not self.turn.has_room(ne):
             return C_COUNTS
-        now = _now_ns()
+        now = now_ns()
         if self.fd < 0 or now >= self.audit_until_ns or self.pos >= self.pos_limit:
             return C_AUDIT
         self._reserve_columns(ne, nr, nd_)
@@ -408,7 +371,7 @@ cdef class Line:
             raise RuntimeError("the audit encoder declined reads utf8_ok took")
         # write before send: the audit message first (a failure raises: nothing is sent)
         length = self.turn.encoder.write_c(self.fd)
-        _reserve(<void**> &self.blocks, &self.blocks_cap, 2 * (self.n_blocks + 1),
+        reserve(<void**> &self.blocks, &self.blocks_cap, 2 * (self.n_blocks + 1),
                  sizeof(int64_t))
         self.blocks[2 * self.n_blocks] = self.pos
         self.blocks[2 * self.n_blocks + 1] = length - META
@@ -431,7 +394,7 @@ cdef class Line:
                                PyBytes_GET_SIZE(message)):
                 self.undelivered += ne          # the high-water mark: PLC side absent or slow
         except BaseException:
-            self.turn.count_c(_now_ns(), self.recv, 0)
+            self.turn.count_c(now_ns(), self.recv, 0)
             raise
-        self.turn.count_c(_now_ns(), self.recv, 0)
+        self.turn.count_c(now_ns(), self.recv, 0)
         return C_GO_ON

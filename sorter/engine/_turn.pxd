@@ -1,12 +1,12 @@
-# C-level face of sorter._turn, for compiled callers (sorter._line).
+# C-level face of sorter.engine._turn, for compiled callers (sorter.engine._scanloop).
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from sorter._audit cimport DecisionEncoder
-from sorter._core cimport CoreRouter
+from sorter.audit._audit cimport DecisionEncoder
+from sorter.core._core cimport RouterState
 
 
-cdef class Turn:
+cdef class EngineTurn:
     cdef readonly DecisionEncoder encoder
     cdef cnp.ndarray _chute, _reason, _dest
     cdef readonly Py_ssize_t n
@@ -18,7 +18,7 @@ cdef class Turn:
     cdef Py_ssize_t _counted, _batches
 
     cdef _grow(self, Py_ssize_t capacity)
-    cdef bytes run_c(self, CoreRouter router, Py_ssize_t n, const uint64_t* pid,
+    cdef bytes run_c(self, RouterState router, Py_ssize_t n, const uint64_t* pid,
                      const uint16_t* sc, const int64_t* ts, const uint8_t* rc,
                      const int32_t* eo, const int32_t* ro, const uint8_t* bytes_,
                      const uint64_t* sq, int64_t now_ns, int64_t deadline_ns,

@@ -5,29 +5,29 @@ DECISION message, and count them, in one call per step.
 Why: at low rates every scan message is a turn of its own, and what a turn costs is the
 engine's added latency. Made of Python calls (route, audit encode, wire encode, sequence
 numbers, counting), a one-event turn spent ~20 us in calls and checks around ~1 us of work.
-The parts stay where they live: routing in `sorter._core`, the IPC message in `sorter._audit`,
-the wire format in `sorter._wire`; this module only strings them together at C level. The I/O
+The parts stay where they live: routing in `sorter.core._core`, the IPC message in `sorter.audit._audit`,
+the wire format in `sorter.wire._wire`; this module only strings them together at C level. The I/O
 stays with the engine: it writes the audit message (`AuditWriter.write_message`) before it
 sends the decision message.
 """
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from sorter._columns cimport column_data, offsets_bad
-from sorter._core cimport CoreRouter
-from sorter._audit cimport DecisionEncoder
-from sorter._wire cimport encode_decisions_c
+from sorter._shared cimport column_data, new_column, offsets_bad
+from sorter.core._core cimport RouterState
+from sorter.audit._audit cimport DecisionEncoder
+from sorter.wire._wire cimport encode_decisions_c
 
 import numpy as np
 
-from sorter.codes import REASONS as _REASONS
+from sorter.core.codes import REASONS as _REASONS
 
 cnp.import_array()
 
 cdef int N_REASONS = len(_REASONS)
 
 
-cdef class Turn:
+cdef class EngineTurn:
     """Decides batches into arrays it owns (grown as needed) and an audit encoder of its own.
 
     `run(...)` routes one batch, encodes its audit message (`encoder`, or `audit_length` -1
@@ -44,15 +44,15 @@ cdef class Turn:
         self.audit_length = 0
 
     cdef _grow(self, Py_ssize_t capacity):
-        self._chute = np.empty(capacity, np.uint16)
-        self._reason = np.empty(capacity, np.uint8)
-        self._dest = np.empty(capacity, np.int32)
+        self._chute = new_column(capacity, cnp.NPY_UINT16)
+        self._reason = new_column(capacity, cnp.NPY_UINT8)
+        self._dest = new_column(capacity, cnp.NPY_INT32)
 
-    def run(self, CoreRouter router, parcel_ids, scanner_ids, ts_ns, recirculations,
+    def run(self, RouterState router, parcel_ids, scanner_ids, ts_ns, recirculations,
             event_offsets, read_offsets, data, seq, int64_t now_ns, int64_t deadline_ns,
             uint64_t first_decision_seq, bytes plan_version, name_offsets, name_data,
             uint32_t batch_seq, Py_ssize_t max_frame, Py_ssize_t max_records):
-        """Route the batch (columns as `sorter.events.EventBatch` holds them, `seq` its wire
+        """Route the batch (columns as `sorter.core.events.EventBatch` holds them, `seq` its wire
         sequence numbers) by `router`'s plan at `now_ns`, encode its audit record batch
         (decision numbers from first_decision_seq; destination names by index in
         name_offsets/name_data, which must be the plan's) and return its DECISION message
@@ -86,7 +86,7 @@ cdef class Turn:
         self._ts_ref = ts_ns
         return message
 
-    cdef bytes run_c(self, CoreRouter router, Py_ssize_t n, const uint64_t* pid,
+    cdef bytes run_c(self, RouterState router, Py_ssize_t n, const uint64_t* pid,
                      const uint16_t* sc, const int64_t* ts, const uint8_t* rc,
                      const int32_t* eo, const int32_t* ro, const uint8_t* bytes_,
                      const uint64_t* sq, int64_t now_ns, int64_t deadline_ns,

@@ -6,18 +6,18 @@ Why: at low rates every scan message is a turn of its own, and pyzmq costs ~3 us
 per recv, ~2.5 us per ZMQ_EVENTS check and ~6 us per zmq.Again raised; a turn's drain was a
 fifth of its cost. `drain` receives every queued message in one C loop (`zmq_msg_recv` with
 ZMQ_DONTWAIT) and `send` sends one with `zmq_send`. The functions are the ones of the libzmq
-that pyzmq itself loaded (`sorter.zmq_native` finds their addresses), so the socket handle
+that pyzmq itself loaded (`sorter.engine.zmq_native` finds their addresses), so the socket handle
 is shared: the pyzmq Socket stays the owner (options, poll, close); this is a thin I/O shell
 over it, used from the thread that uses the socket, never after the socket is closed.
 """
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uintptr_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free
 from libc.string cimport memcpy
-from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from sorter._libzmq cimport Api, load_api, recv_nowait, send_nowait, zmq_msg_t
+from sorter._shared cimport now_ns, reserve
+from sorter.engine._libzmq cimport Api, load_api, recv_nowait, send_nowait, zmq_msg_t
 
 import sys
 
@@ -26,16 +26,10 @@ import zmq
 cnp.import_array()
 
 if sys.byteorder != "little":        # drain reads the SCAN count as a host integer
-    raise ImportError("sorter._zmqio needs a little-endian host")
+    raise ImportError("sorter.engine._zmqio needs a little-endian host")
 
 SYMBOLS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_close",
            "zmq_send", "zmq_errno")
-
-
-cdef inline int64_t _now_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_REALTIME, &t)          # the clock of time.time_ns()
-    return <int64_t> t.tv_sec * 1000000000 + t.tv_nsec
 
 
 cdef class NativeSocket:
@@ -57,13 +51,6 @@ cdef class NativeSocket:
     def __dealloc__(self):
         free(self.times)
 
-    cdef int _grow(self) except -1:
-        cdef Py_ssize_t cap = self.times_cap * 2 if self.times_cap else 64
-        cdef int64_t* p = <int64_t*> realloc(self.times, cap * sizeof(int64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.times, self.times_cap = p, cap
-        return 0
 
     def drain(self, Py_ssize_t max_events):
         """Receive what is queued (never waits) until nothing is left or the messages hold
@@ -81,15 +68,15 @@ cdef class NativeSocket:
         while events < max_events and recv_nowait(&self.api, self.handle, &msg):
             if k == self.times_cap:
                 try:
-                    self._grow()
+                    reserve(<void**> &self.times, &self.times_cap, k + 1, sizeof(int64_t))
                 except BaseException:
                     self.api.msg_close(&msg)
                     raise
-            self.times[k] = _now_ns()
+            self.times[k] = now_ns()
             size = <Py_ssize_t> self.api.msg_size(&msg)
             data = <const uint8_t*> self.api.msg_data(&msg)
             if size >= 8:
-                memcpy(&count, data + 4, 4)     # little-endian host: see sorter._audit
+                memcpy(&count, data + 4, 4)     # little-endian host: see sorter.audit._audit
                 events += count
             try:
                 frames.append(PyBytes_FromStringAndSize(<const char*> data, size))

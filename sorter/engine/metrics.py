@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .codes import REASONS
+from sorter.core.codes import REASONS
 
 # Bucket upper bounds in seconds: 50 us .. 10 s.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,

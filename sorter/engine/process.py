@@ -22,14 +22,15 @@ import numpy as np
 import pyarrow as pa
 import zmq
 
-from . import _line, _turn, wire
-from .audit import AuditWriter, recover
-from .codes import CHUTE_STATES, REASONS
-from .config import EngineConfig
-from .events import Decisions, arrow_offsets_data
-from .metrics import EngineMetrics
-from .plan import Plan, PlanError, load_plan, summary
-from .router import Router, compile_plan
+from sorter.engine import _scanloop, _turn
+from sorter import wire
+from sorter.audit import AuditWriter, recover
+from sorter.core.codes import CHUTE_STATES, REASONS
+from sorter.engine.config import EngineConfig
+from sorter.core.events import Decisions, arrow_offsets_data
+from sorter.engine.metrics import EngineMetrics
+from sorter.plan import Plan, PlanError, load_plan, summary
+from sorter.core.router import Router, compile_plan
 
 log = logging.getLogger("sorter.engine")
 
@@ -73,13 +74,13 @@ class Engine:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-loader")
         self._pending_load: Future | None = None
         self._ctx: zmq.Context | None = None
-        self._line_file = False                # the compiled loop asked for an audit file
+        self._loop_file = False                # the compiled loop asked for an audit file
         self.audit: AuditWriter | None = None
         self._metrics_server = None
         self._last_heartbeat = 0.0
         self._last_fold = 0.0
         # route + audit message + DECISION message + counting of one batch, in one C call
-        self._turn = _turn.Turn(capacity=min(config.batch_max, 1 << 16))
+        self._turn = _turn.EngineTurn(capacity=min(config.batch_max, 1 << 16))
         self._limits = wire.Limits(max_frame=config.max_frame)
         self._deadline_ns = int(config.deadline_ms * 1e6)
 
@@ -101,14 +102,14 @@ class Engine:
         for s in (self.scans, self.feedback, self.control):
             self.poller.register(s, zmq.POLLIN)
         # drain and send through libzmq's C API when pyzmq's libzmq can be found (else None)
-        self._native_scans = self._native_decisions = self._line = None
+        self._native_scans = self._native_decisions = self._loop = None
         if c.native_io:
-            from .zmq_native import libzmq_symbols, native_socket
+            from sorter.engine.zmq_native import libzmq_symbols, native_socket
             self._native_scans = native_socket(self.scans)
             if self._native_scans is not None:
                 self._native_decisions = native_socket(self.decisions)
-                # the scan turns themselves in C (sorter._line), over the same libzmq
-                self._line = _line.Line(
+                # the scan turns themselves in C (sorter.engine._scanloop), over the same libzmq
+                self._loop = _scanloop.ScanLoop(
                     self.scans, self.decisions, self.feedback, self.control, libzmq_symbols(),
                     self._turn, batch_max=c.batch_max, max_frame=self._limits.max_frame,
                     max_records=self._limits.max_records, max_reads=self._limits.max_reads,
@@ -136,7 +137,7 @@ class Engine:
 
     def _start_metrics(self, address: str) -> str:
         from prometheus_client import CollectorRegistry, start_http_server
-        from .metrics import GaugeCollector
+        from sorter.engine.metrics import GaugeCollector
 
         registry = CollectorRegistry()
         registry.register(self.metrics)
@@ -161,8 +162,8 @@ class Engine:
         """Drain what is already queued, close the audit, close sockets, terminate."""
         if self._ctx is None:
             return
-        if self._line is not None and self._line.pending:
-            self._route_frames(*self._line.take_frames())
+        if self._loop is not None and self._loop.pending:
+            self._route_frames(*self._loop.take_frames())
         while self._route_queued():
             pass
         self._fold_metrics()
@@ -181,7 +182,7 @@ class Engine:
     def serve(self) -> None:
         _log(logging.INFO, "ready", endpoints=self.endpoints, plan=self.plan.name,
              io="native" if self._native_scans is not None else "pyzmq",
-             loop="compiled" if self._line is not None else "python",
+             loop="compiled" if self._loop is not None else "python",
              plan_version=self.plan.version, audit_dir=self.config.audit_dir,
              config=asdict(self.config))
         try:
@@ -195,9 +196,9 @@ class Engine:
 
         A turn with one scan message is the common case at low rates and its cost is the
         engine's added latency, so nothing else runs on it unless it is due. With native
-        I/O the scan turns run in C (`sorter._line`) until something needs Python."""
-        if self._line is not None:
-            self._step_line(timeout_ms)
+        I/O the scan turns run in C (`sorter.engine._scanloop`) until something needs Python."""
+        if self._loop is not None:
+            self._step_loop(timeout_ms)
         else:
             self._step_python(timeout_ms)
         now = time.monotonic()
@@ -213,48 +214,48 @@ class Engine:
             except zmq.Again:
                 pass
 
-    def _step_line(self, timeout_ms: int) -> None:
+    def _step_loop(self, timeout_ms: int) -> None:
         """Let the compiled loop turn until the timers are due (or 2 ms while a plan loads),
         then do what it returned for: feedback and control, frames for the Python path
         (malformed, not UTF-8), a new audit file, a metrics fold."""
-        line = self._line
+        loop = self._loop
         now_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         until_mono_ns = max(mono_ns, int((self._last_fold + 0.1) * 1e9))   # _last_fold: s
         if self._pending_load is not None:
             until_mono_ns = min(until_mono_ns, mono_ns + 2_000_000)
-        line.decision_seq, line.batch_seq = self.decision_seq, self.batch_seq
+        loop.decision_seq, loop.batch_seq = self.decision_seq, self.batch_seq
         # a file is opened only when the loop asked for one (no empty files on a quiet line)
-        line.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._line_file))
-        self._line_file = False
+        loop.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._loop_file))
+        self._loop_file = False
         try:
-            code = line.run(self.router.core, self._version_bytes, self._name_offsets,
+            code = loop.run(self.router.core, self._version_bytes, self._name_offsets,
                             self._name_data, self._deadline_ns, until_mono_ns, timeout_ms)
         except BaseException as e:
-            self._settle_line(failed=isinstance(e, OSError))
+            self._settle_loop(failed=isinstance(e, OSError))
             raise
-        self._settle_line(failed=False)
-        if code == _line.OTHER:
+        self._settle_loop(failed=False)
+        if code == _scanloop.OTHER:
             for sock, _ in self.poller.poll(0):
                 if sock is self.feedback:
                     self._drain_feedback()
                 elif sock is self.control:
                     self._handle_control()
-        elif code == _line.FALLBACK:
-            self._route_frames(*line.take_frames())
-        elif code == _line.AUDIT:
-            self._line_file = True               # the next lend opens a file
-        elif code == _line.COUNTS:
+        elif code == _scanloop.FALLBACK:
+            self._route_frames(*loop.take_frames())
+        elif code == _scanloop.AUDIT:
+            self._loop_file = True               # the next lend opens a file
+        elif code == _scanloop.COUNTS:
             self._fold_metrics()
         if self._pending_load is not None:
             self._finish_plan_load()
 
-    def _settle_line(self, *, failed: bool) -> None:
+    def _settle_loop(self, *, failed: bool) -> None:
         """Take over what the compiled loop did: audit positions, sequences, counters."""
-        line = self._line
-        pos, blocks, rows, fsyncs = line.take_audit()
+        loop = self._loop
+        pos, blocks, rows, fsyncs = loop.take_audit()
         self.audit.settle(pos, blocks, rows, fsyncs, failed=failed)
-        self.decision_seq, self.batch_seq = line.decision_seq, line.batch_seq
-        messages, undelivered = line.take_counters()
+        self.decision_seq, self.batch_seq = loop.decision_seq, loop.batch_seq
+        messages, undelivered = loop.take_counters()
         self.metrics.messages += messages
         if undelivered:
             self._undelivered(undelivered)
@@ -326,7 +327,7 @@ class Engine:
 
     def _decide(self, batch, seq: np.ndarray, recv_ns) -> None:
         """Route, audit, send one batch: the routing and both encodings in one compiled call
-        (`sorter._turn`), then the audit write, then the send (write-before-send)."""
+        (`sorter.engine._turn`), then the audit write, then the send (write-before-send)."""
         n = len(seq)
         now = time.time_ns()
         first = self.decision_seq + 1

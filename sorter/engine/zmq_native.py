@@ -1,4 +1,4 @@
-"""Find the libzmq that pyzmq loaded, for `sorter._zmqio` to call it directly.
+"""Find the libzmq that pyzmq loaded, for `sorter.engine._zmqio` to call it directly.
 
 The engine's drain and send go through libzmq's C API (one C loop per turn instead of a
 Python call per message). That is only sound with the very library instance pyzmq uses (the
@@ -31,12 +31,12 @@ def _mapped_libzmq() -> str | None:
 
 @functools.cache
 def libzmq_symbols() -> dict[str, int] | None:
-    """{name: address} of the functions `sorter._zmqio` and `sorter._line` call, from
+    """{name: address} of the functions `sorter.engine._zmqio` and `sorter.engine._scanloop` call, from
     pyzmq's libzmq; None when that library cannot be established. Looked up once per
     process."""
     if sys.platform != "linux":
         return None
-    from . import _line, _zmqio
+    from sorter.engine import _scanloop, _zmqio
 
     zmq.Context.instance()                   # pyzmq's backend (and its libzmq) is loaded
     path = _mapped_libzmq()
@@ -49,14 +49,14 @@ def libzmq_symbols() -> dict[str, int] | None:
         if (major.value, minor.value, patch.value) != zmq.zmq_version_info():
             return None
         return {name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
-                for name in sorted(set(_zmqio.SYMBOLS) | set(_line.SYMBOLS))}
+                for name in sorted(set(_zmqio.SYMBOLS) | set(_scanloop.SYMBOLS))}
     except (OSError, AttributeError):
         return None
 
 
 def native_socket(socket: zmq.Socket):
-    """A `sorter._zmqio.NativeSocket` over `socket`, or None (see `libzmq_symbols`)."""
-    from . import _zmqio
+    """A `sorter.engine._zmqio.NativeSocket` over `socket`, or None (see `libzmq_symbols`)."""
+    from sorter.engine import _zmqio
 
     symbols = libzmq_symbols()
     return None if symbols is None else _zmqio.NativeSocket(socket, symbols)

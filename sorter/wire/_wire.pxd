@@ -1,4 +1,4 @@
-# C-level face of sorter._wire, for compiled callers (sorter._turn, sorter._line).
+# C-level face of sorter.wire._wire, for compiled callers (sorter.engine._turn, sorter.engine._scanloop).
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:

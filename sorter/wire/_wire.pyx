@@ -23,7 +23,9 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
-from sorter.codes import REASONS as _REASONS, CHUTE_STATES as _CHUTE_STATES
+from sorter._shared cimport as_column, column_ptr, is_column, new_column
+
+from sorter.core.codes import REASONS as _REASONS, CHUTE_STATES as _CHUTE_STATES
 
 cnp.import_array()
 
@@ -62,55 +64,19 @@ cdef inline object _fail(int code, Py_ssize_t offset, str detail=""):
 
 
 # ---------------------------------------------------------------------------------------------
-# Columns: fresh arrays and raw pointers through the NumPy C API (no memoryview acquisition,
-# no Python call per array: what a one-event message costs is mostly this bookkeeping).
+# Columns: fresh arrays and raw pointers through the NumPy C API (sorter/_shared.pxd: no
+# memoryview acquisition, no Python call per array: what a one-event message costs is mostly
+# this bookkeeping).
 
-cdef inline cnp.ndarray _empty(Py_ssize_t n, int typenum):
-    cdef cnp.npy_intp dims[1]
-    dims[0] = n
-    return <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, typenum, 0)
-
-
-cdef object _DTYPES = {cnp.NPY_UINT8: np.dtype(np.uint8), cnp.NPY_UINT16: np.dtype(np.uint16),
-                       cnp.NPY_INT32: np.dtype(np.int32), cnp.NPY_INT64: np.dtype(np.int64),
-                       cnp.NPY_UINT64: np.dtype(np.uint64)}
-
-
-cdef cnp.ndarray _as(object values, int typenum, str name):
-    """values as a 1-d, aligned, native-order, contiguous array of typenum: the array itself
-    when it already is one, else a checked conversion (integers out of range are a WireError,
-    never wrapped)."""
-    cdef cnp.ndarray a
-    if isinstance(values, cnp.ndarray):
-        a = <cnp.ndarray>values
-        if cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_NDIM(a) == 1 \
-                and cnp.PyArray_ISCARRAY_RO(a):
-            return a
-    dtype = _DTYPES[typenum]
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise WireError("bad_record", None, f"{name} must be one-dimensional")
-    if arr.size == 0:
-        return _empty(0, typenum)
-    if arr.dtype.kind in "fO" and not isinstance(values, cnp.ndarray):
-        # A sequence of Python ints beyond int64 becomes float64 or object: check each value.
-        vals = np.asarray(values, dtype=object).tolist()
-        if not all(isinstance(v, (int, np.integer)) for v in vals):
-            raise WireError("bad_record", None, f"{name} must hold integers")
-        info = np.iinfo(dtype)
-        if min(vals) < info.min or max(vals) > info.max:
-            raise WireError("bad_record", None, f"{name} out of range for {dtype.name}")
-        return <cnp.ndarray>np.array([int(v) for v in vals], dtype)
-    if arr.dtype.kind not in "iub":
-        raise WireError("bad_record", None, f"{name} must hold integers, got {arr.dtype}")
-    info = np.iinfo(dtype)
-    if arr.dtype.kind != "b" and (int(arr.min()) < info.min or int(arr.max()) > info.max):
-        raise WireError("bad_record", None, f"{name} out of range for {dtype.name}")
-    return <cnp.ndarray>np.ascontiguousarray(arr, dtype)
-
-
-cdef inline void* _p(cnp.ndarray a) noexcept:
-    return cnp.PyArray_DATA(a)
+cdef inline cnp.ndarray _as(object values, int typenum, str name):
+    """values as a contiguous 1-d array of typenum, converted with range checks; a value that
+    does not fit is a WireError `bad_record`, never wrapped."""
+    if is_column(values, typenum, False):
+        return <cnp.ndarray> values
+    try:
+        return as_column(values, typenum, name, True)
+    except (ValueError, OverflowError) as e:
+        raise WireError("bad_record", None, str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,19 +347,19 @@ def decode_scan(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_rec
     if e != OK:
         raise _body_fail(e, off, &h)
     spare = body - SCAN_FIXED * n
-    cdef cnp.ndarray pid = _empty(n, cnp.NPY_UINT64), seq = _empty(n, cnp.NPY_UINT64)
-    cdef cnp.ndarray ts = _empty(n, cnp.NPY_INT64), sc = _empty(n, cnp.NPY_UINT16)
-    cdef cnp.ndarray rc = _empty(n, cnp.NPY_UINT8), eo = _empty(n + 1, cnp.NPY_INT32)
-    cdef cnp.ndarray ro = _empty(spare // 2 + 1, cnp.NPY_INT32), data = _empty(spare, cnp.NPY_UINT8)
+    cdef cnp.ndarray pid = new_column(n, cnp.NPY_UINT64), seq = new_column(n, cnp.NPY_UINT64)
+    cdef cnp.ndarray ts = new_column(n, cnp.NPY_INT64), sc = new_column(n, cnp.NPY_UINT16)
+    cdef cnp.ndarray rc = new_column(n, cnp.NPY_UINT8), eo = new_column(n + 1, cnp.NPY_INT32)
+    cdef cnp.ndarray ro = new_column(spare // 2 + 1, cnp.NPY_INT32), data = new_column(spare, cnp.NPY_UINT8)
     cdef const uint8_t* p = _ptr(buf)
-    cdef uint64_t* ppid = <uint64_t*>_p(pid)
-    cdef uint64_t* pseq = <uint64_t*>_p(seq)
-    cdef int64_t* pts = <int64_t*>_p(ts)
-    cdef uint16_t* psc = <uint16_t*>_p(sc)
-    cdef uint8_t* prc = <uint8_t*>_p(rc)
-    cdef int32_t* peo = <int32_t*>_p(eo)
-    cdef int32_t* pro = <int32_t*>_p(ro)
-    cdef uint8_t* pdata = <uint8_t*>_p(data)
+    cdef uint64_t* ppid = <uint64_t*>column_ptr(pid)
+    cdef uint64_t* pseq = <uint64_t*>column_ptr(seq)
+    cdef int64_t* pts = <int64_t*>column_ptr(ts)
+    cdef uint16_t* psc = <uint16_t*>column_ptr(sc)
+    cdef uint8_t* prc = <uint8_t*>column_ptr(rc)
+    cdef int32_t* peo = <int32_t*>column_ptr(eo)
+    cdef int32_t* pro = <int32_t*>column_ptr(ro)
+    cdef uint8_t* pdata = <uint8_t*>column_ptr(data)
     with nogil:
         e = parse_scan(p, HEADER_SIZE + body, n, &lim, True, ppid, pseq, pts, psc, prc, peo,
                        pro, spare // 2 + 1, pdata, spare, 0, 0, &off, &nr, &nd)
@@ -554,20 +520,20 @@ def decode_scans(frames, Py_ssize_t max_frame, Py_ssize_t max_records, int max_r
         if nr > MAX_OFFSET or nd > MAX_OFFSET:
             raise OverflowError(f"the frames hold {nr} reads of {nd} bytes in all, more than "
                                 f"int32 offsets address: decode fewer frames per call")
-        pid = _empty(ne, cnp.NPY_UINT64)
-        seq = _empty(ne, cnp.NPY_UINT64)
-        ts = _empty(ne, cnp.NPY_INT64)
-        sc = _empty(ne, cnp.NPY_UINT16)
-        rc = _empty(ne, cnp.NPY_UINT8)
-        eo = _empty(ne + 1, cnp.NPY_INT32)
-        ro = _empty(nr + 1, cnp.NPY_INT32)
-        data = _empty(nd, cnp.NPY_UINT8)
-        counts = _empty(n_frames, cnp.NPY_INT32)
-        kinds = _empty(n_frames, cnp.NPY_UINT8)
-        ppid, pseq, pts = <uint64_t*>_p(pid), <uint64_t*>_p(seq), <int64_t*>_p(ts)
-        psc, prc = <uint16_t*>_p(sc), <uint8_t*>_p(rc)
-        peo, pro, pdata = <int32_t*>_p(eo), <int32_t*>_p(ro), <uint8_t*>_p(data)
-        pcounts, pkinds = <int32_t*>_p(counts), <uint8_t*>_p(kinds)
+        pid = new_column(ne, cnp.NPY_UINT64)
+        seq = new_column(ne, cnp.NPY_UINT64)
+        ts = new_column(ne, cnp.NPY_INT64)
+        sc = new_column(ne, cnp.NPY_UINT16)
+        rc = new_column(ne, cnp.NPY_UINT8)
+        eo = new_column(ne + 1, cnp.NPY_INT32)
+        ro = new_column(nr + 1, cnp.NPY_INT32)
+        data = new_column(nd, cnp.NPY_UINT8)
+        counts = new_column(n_frames, cnp.NPY_INT32)
+        kinds = new_column(n_frames, cnp.NPY_UINT8)
+        ppid, pseq, pts = <uint64_t*>column_ptr(pid), <uint64_t*>column_ptr(seq), <int64_t*>column_ptr(ts)
+        psc, prc = <uint16_t*>column_ptr(sc), <uint8_t*>column_ptr(rc)
+        peo, pro, pdata = <int32_t*>column_ptr(eo), <int32_t*>column_ptr(ro), <uint8_t*>column_ptr(data)
+        pcounts, pkinds = <int32_t*>column_ptr(counts), <uint8_t*>column_ptr(kinds)
         if nd >= NOGIL_BYTES:
             with nogil:
                 scans_fill(fs, n_frames, &lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
@@ -602,14 +568,14 @@ def decode_scans(frames, Py_ssize_t max_frame, Py_ssize_t max_records, int max_r
 def frame_of_event(counts_):
     """int32 np.repeat(arange(len(counts)), counts), in one loop: the frame of each event."""
     cdef cnp.ndarray counts = _as(counts_, cnp.NPY_INT32, "counts")
-    cdef const int32_t* c = <const int32_t*>_p(counts)
+    cdef const int32_t* c = <const int32_t*>column_ptr(counts)
     cdef Py_ssize_t n = cnp.PyArray_DIM(counts, 0), i, k, total = 0
     for i in range(n):
         if c[i] < 0:
             raise ValueError(f"counts[{i}] is negative")
         total += c[i]
-    cdef cnp.ndarray out = _empty(total, cnp.NPY_INT32)
-    cdef int32_t* q = <int32_t*>_p(out)
+    cdef cnp.ndarray out = new_column(total, cnp.NPY_INT32)
+    cdef int32_t* q = <int32_t*>column_ptr(out)
     total = 0
     for i in range(n):
         for k in range(c[i]):
@@ -690,9 +656,9 @@ def encode_scan(pid_, seq_, ts_, sc_, rc_, eo_, ro_, data_, uint32_t batch_seq,
         raise WireError("bad_record", None, f"columns must all have {n} entries")
     if n > lim.max_records:
         raise WireError("too_many_records", None, f"{n} events, the limit is {lim.max_records}")
-    cdef const int32_t* peo = <const int32_t*>_p(eo)
-    cdef const int32_t* pro = <const int32_t*>_p(ro)
-    cdef const uint8_t* pdata = <const uint8_t*>_p(data)
+    cdef const int32_t* peo = <const int32_t*>column_ptr(eo)
+    cdef const int32_t* pro = <const int32_t*>column_ptr(ro)
+    cdef const uint8_t* pdata = <const uint8_t*>column_ptr(data)
     with nogil:
         e = size_scan(n, peo, pro, n_ro, n_data, &lim, &total, &where)
     if e != OK:
@@ -700,11 +666,11 @@ def encode_scan(pid_, seq_, ts_, sc_, rc_, eo_, ro_, data_, uint32_t batch_seq,
     out = PyBytes_FromStringAndSize(NULL, total)
     cdef uint8_t* q = <uint8_t*>PyBytes_AS_STRING(out)
     put_header(q, K_SCAN, <uint32_t>n, <uint32_t>(total - HEADER_SIZE), batch_seq)
-    cdef const uint64_t* ppid = <const uint64_t*>_p(pid)
-    cdef const uint64_t* pseq = <const uint64_t*>_p(seq)
-    cdef const int64_t* pts = <const int64_t*>_p(ts)
-    cdef const uint16_t* psc = <const uint16_t*>_p(sc)
-    cdef const uint8_t* prc = <const uint8_t*>_p(rc)
+    cdef const uint64_t* ppid = <const uint64_t*>column_ptr(pid)
+    cdef const uint64_t* pseq = <const uint64_t*>column_ptr(seq)
+    cdef const int64_t* pts = <const int64_t*>column_ptr(ts)
+    cdef const uint16_t* psc = <const uint16_t*>column_ptr(sc)
+    cdef const uint8_t* prc = <const uint8_t*>column_ptr(rc)
     with nogil:
         write_scan(q, n, ppid, pseq, pts, psc, prc, peo, pro, pdata)
     return out
@@ -756,15 +722,15 @@ def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t ma
     if body - 1 - plv != DECISION_RECORD * n:
         raise _fail(E_LENGTH_MISMATCH, 4, f"{n} DECISION records need {DECISION_RECORD * n} bytes after plan_version, the body has {body - 1 - plv}")
     plan_version = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE + 1, plv)
-    cdef cnp.ndarray pid = _empty(n, cnp.NPY_UINT64), seq = _empty(n, cnp.NPY_UINT64)
-    cdef cnp.ndarray dseq = _empty(n, cnp.NPY_UINT64), chute = _empty(n, cnp.NPY_UINT16)
-    cdef cnp.ndarray reason = _empty(n, cnp.NPY_UINT8), sc = _empty(n, cnp.NPY_UINT16)
-    cdef uint64_t* ppid = <uint64_t*>_p(pid)
-    cdef uint64_t* pseq = <uint64_t*>_p(seq)
-    cdef uint64_t* pdseq = <uint64_t*>_p(dseq)
-    cdef uint16_t* pchute = <uint16_t*>_p(chute)
-    cdef uint8_t* preason = <uint8_t*>_p(reason)
-    cdef uint16_t* psc = <uint16_t*>_p(sc)
+    cdef cnp.ndarray pid = new_column(n, cnp.NPY_UINT64), seq = new_column(n, cnp.NPY_UINT64)
+    cdef cnp.ndarray dseq = new_column(n, cnp.NPY_UINT64), chute = new_column(n, cnp.NPY_UINT16)
+    cdef cnp.ndarray reason = new_column(n, cnp.NPY_UINT8), sc = new_column(n, cnp.NPY_UINT16)
+    cdef uint64_t* ppid = <uint64_t*>column_ptr(pid)
+    cdef uint64_t* pseq = <uint64_t*>column_ptr(seq)
+    cdef uint64_t* pdseq = <uint64_t*>column_ptr(dseq)
+    cdef uint16_t* pchute = <uint16_t*>column_ptr(chute)
+    cdef uint8_t* preason = <uint8_t*>column_ptr(reason)
+    cdef uint16_t* psc = <uint16_t*>column_ptr(sc)
     with nogil:
         e = parse_decisions(p + start, n, ppid, pseq, pdseq, pchute, preason, psc, &off)
     if e != OK:
@@ -786,9 +752,9 @@ def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_
             or cnp.PyArray_DIM(sc, 0) != n:
         raise WireError("bad_record", None, f"columns must all have {n} entries")
     return encode_decisions_c(<const uint8_t*> (<char*> plan_version), len(plan_version), n,
-                              <const uint64_t*>_p(pid), <const uint64_t*>_p(seq),
-                              <const uint64_t*>_p(dseq), 0, <const uint16_t*>_p(chute_a),
-                              <const uint8_t*>_p(reason_a), <const uint16_t*>_p(sc), batch_seq,
+                              <const uint64_t*>column_ptr(pid), <const uint64_t*>column_ptr(seq),
+                              <const uint64_t*>column_ptr(dseq), 0, <const uint16_t*>column_ptr(chute_a),
+                              <const uint8_t*>column_ptr(reason_a), <const uint16_t*>column_ptr(sc), batch_seq,
                               max_frame, max_records)
 
 
@@ -849,9 +815,9 @@ def decode_chute_status(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t
     cdef const uint8_t* r
     if <Py_ssize_t>h.body_len != CHUTE_RECORD * n:
         raise _fail(E_LENGTH_MISMATCH, 4, f"{n} CHUTE_STATUS records are {CHUTE_RECORD * n} bytes, body_len is {h.body_len}")
-    cdef cnp.ndarray chute_a = _empty(n, cnp.NPY_UINT16), state_a = _empty(n, cnp.NPY_UINT8)
-    cdef uint16_t* chute = <uint16_t*>_p(chute_a)
-    cdef uint8_t* state = <uint8_t*>_p(state_a)
+    cdef cnp.ndarray chute_a = new_column(n, cnp.NPY_UINT16), state_a = new_column(n, cnp.NPY_UINT8)
+    cdef uint16_t* chute = <uint16_t*>column_ptr(chute_a)
+    cdef uint8_t* state = <uint8_t*>column_ptr(state_a)
     cdef const uint8_t* p = _ptr(buf)
     with nogil:
         for i in range(n):
@@ -877,8 +843,8 @@ def encode_chute_status(chute_, state_, uint32_t batch_seq, Py_ssize_t max_frame
     cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
     cdef cnp.ndarray chute_a = _as(chute_, cnp.NPY_UINT16, "chutes")
     cdef cnp.ndarray state_a = _as(state_, cnp.NPY_UINT8, "states")
-    cdef const uint16_t* chute = <const uint16_t*>_p(chute_a)
-    cdef const uint8_t* state = <const uint8_t*>_p(state_a)
+    cdef const uint16_t* chute = <const uint16_t*>column_ptr(chute_a)
+    cdef const uint8_t* state = <const uint8_t*>column_ptr(state_a)
     cdef Py_ssize_t n = cnp.PyArray_DIM(chute_a, 0), i, total, bad = -1
     cdef uint8_t* q
     cdef uint8_t* r
@@ -914,11 +880,11 @@ def decode_sort_confirm(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t
     cdef const uint8_t* r
     if <Py_ssize_t>h.body_len != CONFIRM_RECORD * n:
         raise _fail(E_LENGTH_MISMATCH, 4, f"{n} SORT_CONFIRM records are {CONFIRM_RECORD * n} bytes, body_len is {h.body_len}")
-    cdef cnp.ndarray pid_a = _empty(n, cnp.NPY_UINT64), chute_a = _empty(n, cnp.NPY_UINT16)
-    cdef cnp.ndarray outcome_a = _empty(n, cnp.NPY_UINT8)
-    cdef uint64_t* pid = <uint64_t*>_p(pid_a)
-    cdef uint16_t* chute = <uint16_t*>_p(chute_a)
-    cdef uint8_t* outcome = <uint8_t*>_p(outcome_a)
+    cdef cnp.ndarray pid_a = new_column(n, cnp.NPY_UINT64), chute_a = new_column(n, cnp.NPY_UINT16)
+    cdef cnp.ndarray outcome_a = new_column(n, cnp.NPY_UINT8)
+    cdef uint64_t* pid = <uint64_t*>column_ptr(pid_a)
+    cdef uint16_t* chute = <uint16_t*>column_ptr(chute_a)
+    cdef uint8_t* outcome = <uint8_t*>column_ptr(outcome_a)
     cdef const uint8_t* p = _ptr(buf)
     with nogil:
         for i in range(n):
@@ -946,9 +912,9 @@ def encode_sort_confirm(pid_, chute_, outcome_, uint32_t batch_seq, Py_ssize_t m
     cdef cnp.ndarray pid_a = _as(pid_, cnp.NPY_UINT64, "parcel_id")
     cdef cnp.ndarray chute_a = _as(chute_, cnp.NPY_UINT16, "chute")
     cdef cnp.ndarray outcome_a = _as(outcome_, cnp.NPY_UINT8, "outcome")
-    cdef const uint64_t* pid = <const uint64_t*>_p(pid_a)
-    cdef const uint16_t* chute = <const uint16_t*>_p(chute_a)
-    cdef const uint8_t* outcome = <const uint8_t*>_p(outcome_a)
+    cdef const uint64_t* pid = <const uint64_t*>column_ptr(pid_a)
+    cdef const uint16_t* chute = <const uint16_t*>column_ptr(chute_a)
+    cdef const uint8_t* outcome = <const uint8_t*>column_ptr(outcome_a)
     cdef Py_ssize_t n = cnp.PyArray_DIM(pid_a, 0), i, total, bad = -1
     cdef uint8_t* q
     cdef uint8_t* r

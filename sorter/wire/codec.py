@@ -8,7 +8,7 @@ makes the decoder raise `WireError` (with a stable `code` and the byte `offset`)
 the message is used; the receiver counts it, audits the raw bytes with reason `malformed` and
 carries on. Decoders never read outside the buffer, whatever it holds.
 
-Batches are columnar. The parsing and the encoding run in `sorter._wire` (Cython, no GIL, one
+Batches are columnar. The parsing and the encoding run in `sorter.wire._wire` (Cython, no GIL, one
 pass, no Python object per record): decoding a SCAN message yields an `EventBatch` ready for
 `Router.route`, plus the scanners' sequence numbers. A receiver draining its socket hands all
 the frames it got to `decode_scans`: one compiled call, one combined `EventBatch`, and the
@@ -32,10 +32,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _wire
-from ._wire import WireError
-from .codes import CHUTE_STATES, REASONS
-from .events import EventBatch
+from sorter.wire import _wire
+from sorter.wire._wire import WireError
+from sorter.core.codes import CHUTE_STATES, REASONS
+from sorter.core.events import EventBatch
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "SCAN", "DECISION", "CHUTE_STATUS", "SORT_CONFIRM",
@@ -314,7 +314,7 @@ def encode_decisions(plan_version: str, parcel_id, seq, decision_seq, chute, rea
 def encode_decisions_for(plan_version: str, scans: ScanBatch, decisions, first_decision_seq: int,
                          batch_seq: int = 0, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """The DECISION message answering a decoded SCAN batch: `decisions` is the
-    `sorter.events.Decisions` routed from `scans.events`; decision_seq counts up from
+    `sorter.core.events.Decisions` routed from `scans.events`; decision_seq counts up from
     first_decision_seq in event order."""
     n = len(scans)
     dseq = np.arange(first_decision_seq, first_decision_seq + n, dtype=np.uint64)

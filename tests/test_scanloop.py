@@ -1,4 +1,4 @@
-"""The engine's scan turns in C (`sorter._line.Line`) on real loopback sockets and real audit
+"""The engine's scan turns in C (`sorter.engine._scanloop.ScanLoop`) on real loopback sockets and real audit
 files: it decides as the Router does, writes every decision to the lent audit file before it
 sends it, and returns to Python, keeping what it drained, whenever Python has to act."""
 from __future__ import annotations
@@ -13,13 +13,14 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sorter import _line, _turn, wire
+from sorter.engine import _scanloop, _turn
+from sorter import wire
 from sorter.audit import AuditWriter, read_audit
-from sorter.codes import REASONS
-from sorter.events import EventBatch, arrow_offsets_data
+from sorter.core.codes import REASONS
+from sorter.core.events import EventBatch, arrow_offsets_data
 from sorter.plan import load_plan
-from sorter.router import Router
-from sorter.zmq_native import libzmq_symbols
+from sorter.core.router import Router
+from sorter.engine.zmq_native import libzmq_symbols
 
 from strategies import event_streams, plans
 
@@ -30,7 +31,7 @@ NS = 1_000_000_000
 
 
 class Rig:
-    """The engine's four sockets, bound on loopback, with the peers of each, and a Line."""
+    """The engine's four sockets, bound on loopback, with the peers of each, and a ScanLoop."""
 
     def __init__(self, tmp_path, plan=PLAN, *, batch_max=1024, count_capacity=1 << 16,
                  max_frame=1 << 20, plc=True, transport="inproc", **audit_options):
@@ -41,8 +42,8 @@ class Rig:
         self.feedback, self.feeder = self._pair(zmq.PULL, zmq.PUSH)
         self.control = self._socket(zmq.REP)
         self.control.bind(self._endpoint())
-        self.turn = _turn.Turn(capacity=4, count_capacity=count_capacity)
-        self.line = _line.Line(self.scans, self.decisions, self.feedback, self.control, SYMBOLS,
+        self.turn = _turn.EngineTurn(capacity=4, count_capacity=count_capacity)
+        self.loop = _scanloop.ScanLoop(self.scans, self.decisions, self.feedback, self.control, SYMBOLS,
                                self.turn, batch_max=batch_max, max_frame=max_frame,
                                max_records=1 << 20, max_reads=255, max_read_len=65535)
         self.use_plan(plan)
@@ -82,14 +83,14 @@ class Rig:
 
     def lend(self, now_ns=None, open_file=True):
         now_ns = time.time_ns() if now_ns is None else now_ns
-        self.line.lend(*self.audit.lend(now_ns, self.line.decision_seq + 1,
+        self.loop.lend(*self.audit.lend(now_ns, self.loop.decision_seq + 1,
                                         open_file=open_file))
 
     def settle(self):
-        self.audit.settle(*self.line.take_audit())
+        self.audit.settle(*self.loop.take_audit())
 
     def run(self, seconds=0.05, deadline_ns=0, timeout_ms=10):
-        return self.line.run(self.router.core, self.plan.version.encode(), self.name_offsets,
+        return self.loop.run(self.router.core, self.plan.version.encode(), self.name_offsets,
                              self.name_data, deadline_ns,
                              time.monotonic_ns() + int(seconds * NS), timeout_ms)
 
@@ -179,13 +180,13 @@ def test_line_decides_as_the_router_and_audits_before_it_sends(tmp_path_factory,
             code = rig.run()
             rig.settle()
             if not utf8(batch):
-                assert code == _line.FALLBACK
-                got_frames, times = rig.line.take_frames()
+                assert code == _scanloop.FALLBACK
+                got_frames, times = rig.loop.take_frames()
                 assert got_frames == frames and len(times) == len(frames)
                 # what the engine's Python path does: route (the same cursor moves once)
                 assert rig.router.route(batch).chute.tolist() == want.chute.tolist()
             else:
-                assert code == _line.TIMER
+                assert code == _scanloop.TIMER
                 sent.append((batch, want))
             first += len(events)
         got = rig.decisions_received() if sent else []
@@ -201,7 +202,7 @@ def test_line_decides_as_the_router_and_audits_before_it_sends(tmp_path_factory,
             dseq = np.concatenate([d.decision_seq for d in got]).tolist()
             assert dseq == list(range(1, n_sent + 1))
             assert {d.plan_version for d in got} == {plan.version}
-        assert rig.line.decision_seq == n_sent
+        assert rig.loop.decision_seq == n_sent
         rig.audit.close()
         table = read_audit(rig.audit.directory) if n_sent else None
         if n_sent:
@@ -230,7 +231,7 @@ def _late_scans_and_receive_counts(rig):
                                                                      np.int64)))
     rig.wait_queued()
     rig.lend()
-    assert rig.run(deadline_ns=NS) == _line.TIMER
+    assert rig.run(deadline_ns=NS) == _scanloop.TIMER
     rig.settle()
     (got,) = rig.decisions_received()
     assert [REASONS[r] for r in got.reason] == ["late", "sorted"]
@@ -238,7 +239,7 @@ def _late_scans_and_receive_counts(rig):
     assert batches == 1 and [REASONS[r] for r in reason] == ["late", "sorted"]
     assert scan_ns[0] >= 10 * NS and 0 <= scan_ns[1] < NS
     assert (engine_ns >= 0).all() and (engine_ns < NS).all()
-    assert rig.line.take_counters() == (1, 0)
+    assert rig.loop.take_counters() == (1, 0)
 
 
 # ------------------------------------------------------------------------- returns to Python
@@ -250,16 +251,16 @@ def test_malformed_frame_falls_back_with_every_frame_untouched(rig):
     rig.wait_queued()
     time.sleep(0.01)
     rig.lend()
-    assert rig.run() == _line.FALLBACK
+    assert rig.run() == _scanloop.FALLBACK
     rig.settle()
-    assert rig.line.pending == 2
-    frames, times = rig.line.take_frames()
+    assert rig.loop.pending == 2
+    frames, times = rig.loop.take_frames()
     assert frames == [good, b"PS\x09garbage"]
     assert times.dtype == np.int64 and times[0] <= times[1] <= time.time_ns()
-    assert rig.line.pending == 0 and rig.line.decision_seq == 0
+    assert rig.loop.pending == 0 and rig.loop.decision_seq == 0
     assert rig.audit.rows_written == 0
     assert not rig.plc.poll(100)                          # nothing sent
-    assert rig.line.take_counters() == (0, 0)
+    assert rig.loop.take_counters() == (0, 0)
 
 
 def test_non_utf8_read_falls_back_before_routing(tmp_path):
@@ -274,11 +275,11 @@ def test_non_utf8_read_falls_back_before_routing(tmp_path):
         rig.send(batch_of([[b"\xff\xfe"], [b"010000"]]))
         rig.wait_queued()
         rig.lend()
-        assert rig.run() == _line.FALLBACK
-        rig.line.take_frames()
+        assert rig.run() == _scanloop.FALLBACK
+        rig.loop.take_frames()
         rig.send(batch_of(probe, first=10))
         rig.wait_queued()
-        assert rig.run() == _line.TIMER
+        assert rig.run() == _scanloop.TIMER
         rig.settle()
         (got,) = rig.decisions_received()
         assert got.chute.tolist() == reference.route(batch_of(probe)).chute.tolist()
@@ -291,14 +292,14 @@ def test_no_file_lent_then_a_file_lent(rig):
     rig.wait_queued()
     rig.lend(open_file=False)                             # no file yet: none is opened
     assert rig.audit.path is None
-    assert rig.run() == _line.AUDIT
+    assert rig.run() == _scanloop.AUDIT
     rig.settle()
-    assert rig.line.pending == 1 and not rig.plc.poll(50)
+    assert rig.loop.pending == 1 and not rig.plc.poll(50)
     rig.lend(open_file=True)
     assert rig.audit.path is not None
-    assert rig.run() == _line.TIMER
+    assert rig.run() == _scanloop.TIMER
     rig.settle()
-    assert rig.line.pending == 0 and len(rig.decisions_received()) == 1
+    assert rig.loop.pending == 0 and len(rig.decisions_received()) == 1
     assert rig.audit.rows_written == 1
     del frame
 
@@ -311,11 +312,11 @@ def test_a_full_file_is_sealed_and_the_next_lent(tmp_path):
         rig.wait_queued()
         time.sleep(0.02)
         codes = []
-        while rig.line.decision_seq < 12:
+        while rig.loop.decision_seq < 12:
             rig.lend()
             codes.append(rig.run(seconds=0.02))
             rig.settle()
-        assert _line.AUDIT in codes
+        assert _scanloop.AUDIT in codes
         assert sum(len(d) for d in rig.decisions_received()) == 12
         rig.audit.close()
         assert len(rig.audit.files) >= 3
@@ -329,10 +330,10 @@ def test_a_file_whose_time_is_up_is_not_written(rig):
     rig.send(batch_of([[b"050012"]]))
     rig.wait_queued()
     fd, pos, limit, until, each = rig.audit.lend(time.time_ns(), 1, open_file=True)
-    rig.line.lend(fd, pos, limit, time.time_ns() - 1, each)   # its time is up
-    assert rig.run() == _line.AUDIT
-    assert rig.line.take_audit()[1].shape == (0, 2)
-    assert rig.line.pending == 1
+    rig.loop.lend(fd, pos, limit, time.time_ns() - 1, each)   # its time is up
+    assert rig.run() == _scanloop.AUDIT
+    assert rig.loop.take_audit()[1].shape == (0, 2)
+    assert rig.loop.pending == 1
 
 
 def test_waiting_feedback_or_control_returns_other_and_leaves_the_scans(rig):
@@ -341,24 +342,24 @@ def test_waiting_feedback_or_control_returns_other_and_leaves_the_scans(rig):
     rig.wait_queued()
     rig.wait_queued(rig.feedback)
     rig.lend()
-    assert rig.run() == _line.OTHER
+    assert rig.run() == _scanloop.OTHER
     assert rig.feedback.recv(zmq.NOBLOCK)                 # still there for Python
-    assert rig.line.pending == 0 and rig.line.decision_seq == 0
-    assert rig.run() == _line.TIMER                        # now the scan
+    assert rig.loop.pending == 0 and rig.loop.decision_seq == 0
+    assert rig.run() == _scanloop.TIMER                        # now the scan
     rig.settle()
-    assert rig.line.decision_seq == 1
+    assert rig.loop.decision_seq == 1
     req = rig._socket(zmq.REQ)
     req.connect(rig.control.getsockopt_string(zmq.LAST_ENDPOINT))
     req.send(b"{}")
     rig.wait_queued(rig.control)
     rig.lend()
-    assert rig.run() == _line.OTHER
+    assert rig.run() == _scanloop.OTHER
 
 
 def test_timer_returns_when_due_and_waits_no_longer(rig):
     rig.lend(open_file=False)
     t0 = time.monotonic()
-    assert rig.run(seconds=0.03, timeout_ms=1000) == _line.TIMER
+    assert rig.run(seconds=0.03, timeout_ms=1000) == _scanloop.TIMER
     assert 0.025 <= time.monotonic() - t0 < 1.0
 
 
@@ -368,15 +369,15 @@ def test_full_count_buffers_return_counts_first(tmp_path):
         rig.send(batch_of([[b"050012"], [b"050013"]]))
         rig.wait_queued()
         rig.lend()
-        assert rig.run() == _line.TIMER
+        assert rig.run() == _scanloop.TIMER
         rig.send(batch_of([[b"050014"]], first=2))
         rig.wait_queued()
-        assert rig.run() == _line.COUNTS                   # 2 + 1 > 2: fold first
-        assert rig.line.pending == 1
+        assert rig.run() == _scanloop.COUNTS                   # 2 + 1 > 2: fold first
+        assert rig.loop.pending == 1
         assert rig.turn.take_counts()[3] == 1
-        assert rig.run() == _line.TIMER
+        assert rig.run() == _scanloop.TIMER
         rig.settle()
-        assert rig.line.decision_seq == 3
+        assert rig.loop.decision_seq == 3
     finally:
         rig.close()
 
@@ -390,12 +391,12 @@ def test_fsync_each_message_and_heartbeats(tmp_path):
         rig.wait_queued()
         time.sleep(0.01)
         rig.lend()
-        assert rig.run() == _line.TIMER
-        pos, blocks, rows, fsyncs = rig.line.take_audit()
+        assert rig.run() == _scanloop.TIMER
+        pos, blocks, rows, fsyncs = rig.loop.take_audit()
         assert rows == 2 and fsyncs == len(blocks) >= 1
         rig.audit.settle(pos, blocks, rows, fsyncs)
         assert rig.audit.fsyncs >= fsyncs
-        assert rig.line.take_counters() == (3, 0)           # the heartbeat counts as a message
+        assert rig.loop.take_counters() == (3, 0)           # the heartbeat counts as a message
     finally:
         rig.close()
 
@@ -406,9 +407,9 @@ def test_undelivered_decisions_are_counted_not_lost_from_the_audit(tmp_path):
         rig.send(batch_of([[b"050012"], [b"050013"]]))
         rig.wait_queued()
         rig.lend()
-        assert rig.run() == _line.TIMER
+        assert rig.run() == _scanloop.TIMER
         rig.settle()
-        assert rig.line.take_counters() == (1, 2)
+        assert rig.loop.take_counters() == (1, 2)
         assert rig.audit.rows_written == 2
     finally:
         rig.close()
@@ -427,15 +428,15 @@ def test_a_failed_audit_write_sends_nothing(rig):
     fd, pos, limit, until, each = rig.audit.lend(time.time_ns(), 1, open_file=True)
     read_only = os.open(os.devnull, os.O_RDONLY)         # a descriptor write(2) refuses
     try:
-        rig.line.lend(read_only, pos, limit, until, each)
+        rig.loop.lend(read_only, pos, limit, until, each)
         with pytest.raises(OSError):
             rig.run()
     finally:
         os.close(read_only)
-    rig.audit.settle(*rig.line.take_audit(), failed=True)
+    rig.audit.settle(*rig.loop.take_audit(), failed=True)
     assert rig.audit.path is None                          # abandoned, for recover()
-    assert not rig.plc.poll(50) and rig.line.decision_seq == 0
-    assert rig.line.pending == 1
+    assert not rig.plc.poll(50) and rig.loop.decision_seq == 0
+    assert rig.loop.pending == 1
 
 
 def test_settle_refuses_messages_without_the_file(rig):
@@ -445,7 +446,7 @@ def test_settle_refuses_messages_without_the_file(rig):
 
 def test_line_needs_every_symbol(rig):
     with pytest.raises(ValueError, match="zmq_poll"):
-        _line.Line(rig.scans, rig.decisions, rig.feedback, rig.control,
+        _scanloop.ScanLoop(rig.scans, rig.decisions, rig.feedback, rig.control,
                    {k: v for k, v in SYMBOLS.items() if k != "zmq_poll"}, rig.turn,
                    batch_max=1, max_frame=1 << 20, max_records=1, max_reads=1, max_read_len=1)
 
@@ -456,7 +457,7 @@ def test_line_needs_every_symbol(rig):
 def test_engine_on_the_compiled_loop_rotates_and_leaves_no_empty_files(tmp_path):
     """An in-process Engine on loopback: its scans go through the compiled loop, its audit
     files rotate by time through lend/settle, and a quiet line gets no new (empty) file."""
-    from sorter.config import EngineConfig
+    from sorter.engine.config import EngineConfig
     from sorter.engine import Engine
 
     lo = "tcp://127.0.0.1:*"
@@ -467,7 +468,7 @@ def test_engine_on_the_compiled_loop_rotates_and_leaves_no_empty_files(tmp_path)
     ctx = zmq.Context()
     scanner, plc = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     try:
-        assert engine._line is not None
+        assert engine._loop is not None
         for s in (scanner, plc):
             s.setsockopt(zmq.LINGER, 0)
         scanner.connect(engine.endpoints["scans"])

@@ -1,0 +1,104 @@
+"""`sorter run` (the engine) and `sorter ctl` (one request to a running engine's control socket).
+
+Every command is a `cmd_xxx(args) -> int` (the exit status) and `add_parsers(subparsers)`
+declares them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+# ---------------------------------------------------------------------------------------------
+# sorter run / sorter ctl
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sorter.engine.config import ConfigError, load_config
+    from sorter.engine import run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    config = config.with_overrides(
+        plan=args.plan, scans=args.scans, decisions=args.decisions, feedback=args.feedback,
+        control=args.control, metrics=args.metrics, audit_dir=args.audit_dir,
+        deadline_ms=args.deadline_ms, batch_max=args.batch_max,
+        fsync_interval_s=args.fsync_interval, log_level=args.log_level,
+        native_io=args.native_io)
+    return run(config)
+
+
+def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run the engine (ZeroMQ in, decisions out, Arrow audit)",
+        description="Run the sorting engine until SIGTERM, SIGINT or a control `stop`. With no "
+                    "arguments: the bundled plan, loopback endpoints, audit under ./audit. "
+                    "Settings: defaults < --config FILE < flags (docs/engine.md).")
+    p.add_argument("--plan", default=None, metavar="PLAN", help="plan TOML file")
+    p.add_argument("--config", default=None, metavar="FILE", help="engine config TOML file")
+    for name, help_ in (("scans", "PULL endpoint for scan events"),
+                        ("decisions", "PUSH endpoint for decisions to the PLC side"),
+                        ("feedback", "PULL endpoint for chute status and sort confirmations"),
+                        ("control", "REP endpoint for status, plan load, chutes, stop")):
+        p.add_argument(f"--{name}", default=None, metavar="ENDPOINT", help=help_)
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="Prometheus endpoint ('' disables)")
+    p.add_argument("--audit-dir", default=None, metavar="DIR", help="audit directory")
+    p.add_argument("--deadline-ms", type=float, default=None, metavar="MS",
+                   help="scans older than this are decided `late` (0 disables)")
+    p.add_argument("--batch-max", type=int, default=None, metavar="N",
+                   help="events per core call, at most")
+    p.add_argument("--fsync-interval", type=float, default=None, metavar="S",
+                   help="fsync the audit at most every S seconds (0: every batch)")
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--native-io", action=argparse.BooleanOptionalAction, default=None,
+                   help="drain scans and send decisions through libzmq's C API when pyzmq's "
+                        "libzmq is found (default), or through pyzmq")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from sorter.engine.control_client import ControlError, request
+
+    req: dict = {"cmd": args.action.replace("-", "_")}
+    if args.action == "load-plan":
+        if not args.args:
+            print("usage: sorter ctl load-plan PLAN", file=sys.stderr)
+            return 2
+        req["path"] = os.path.abspath(args.args[0])
+    elif args.action == "chute":
+        if len(args.args) != 2:
+            print("usage: sorter ctl chute N available|disabled|full", file=sys.stderr)
+            return 2
+        req = {"cmd": "set_chute", "chute": args.args[0], "state": args.args[1]}
+    try:
+        reply = request(args.endpoint, req, timeout_s=args.timeout)
+    except ControlError as e:
+        print(f"{args.endpoint}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return 0 if reply.get("ok") else 1
+
+
+def _add_ctl_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ctl", help="talk to a running engine",
+                              description="Send one request to a running engine's control "
+                                          "socket and print the JSON reply.")
+    p.add_argument("action", choices=["status", "load-plan", "chute", "stop"])
+    p.add_argument("args", nargs="*", help="load-plan PLAN | chute N STATE")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5558", help="control endpoint")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    p.set_defaults(func=cmd_ctl)
+
+
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """`sorter run ...` and `sorter ctl ...`."""
+    _add_run_parser(subparsers)
+    _add_ctl_parser(subparsers)
