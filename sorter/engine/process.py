@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -25,12 +24,13 @@ import zmq
 from sorter.engine import _scanloop, _turn
 from sorter import wire
 from sorter.audit import AuditWriter, recover
-from sorter.core.codes import CHUTE_STATES, REASONS
+from sorter.core.codes import REASONS
 from sorter.engine.config import EngineConfig
+from sorter.engine.control import Control
 from sorter.core.events import Decisions, arrow_offsets_data
 from sorter.engine.metrics import EngineMetrics
-from sorter.plan import Plan, PlanError, load_plan, summary
-from sorter.core.router import Router, compile_plan
+from sorter.plan import Plan, PlanError, load_plan
+from sorter.core.router import Router
 
 log = logging.getLogger("sorter.engine")
 
@@ -71,8 +71,7 @@ class Engine:
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
         self._use_plan_tables(self.plan)
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-loader")
-        self._pending_load: Future | None = None
+        self.control_handler = Control(self)    # the JSON requests of the control socket
         self._ctx: zmq.Context | None = None
         self._loop_file = False                # the compiled loop asked for an audit file
         self.audit: AuditWriter | None = None
@@ -144,7 +143,7 @@ class Engine:
         registry.register(GaugeCollector({
             "sorter_decision_seq": ("Last decision sequence number", lambda: self.decision_seq),
             "sorter_chutes_unavailable": (
-                "Chutes disabled or full", lambda: int((self.router._core.chute_states() != 0).sum())),
+                "Chutes disabled or full", lambda: int((self.router.core.chute_states() != 0).sum())),
         }))
         host, _, port = address.rpartition(":")
         server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
@@ -173,7 +172,7 @@ class Engine:
             s.close()
         self._ctx.term()
         self._ctx = None
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        self.control_handler.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         _log(logging.INFO, "shutdown", decision_seq=self.decision_seq, **self.metrics.snapshot())
@@ -221,7 +220,7 @@ class Engine:
         loop = self._loop
         now_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         until_mono_ns = max(mono_ns, int((self._last_fold + 0.1) * 1e9))   # _last_fold: s
-        if self._pending_load is not None:
+        if self.control_handler.loading:
             until_mono_ns = min(until_mono_ns, mono_ns + 2_000_000)
         loop.decision_seq, loop.batch_seq = self.decision_seq, self.batch_seq
         # a file is opened only when the loop asked for one (no empty files on a quiet line)
@@ -239,15 +238,14 @@ class Engine:
                 if sock is self.feedback:
                     self._drain_feedback()
                 elif sock is self.control:
-                    self._handle_control()
+                    self.control_handler.handle()
         elif code == _scanloop.FALLBACK:
             self._route_frames(*loop.take_frames())
         elif code == _scanloop.AUDIT:
             self._loop_file = True               # the next lend opens a file
         elif code == _scanloop.COUNTS:
             self._fold_metrics()
-        if self._pending_load is not None:
-            self._finish_plan_load()
+        self.control_handler.finish_plan_load()
 
     def _settle_loop(self, *, failed: bool) -> None:
         """Take over what the compiled loop did: audit positions, sequences, counters."""
@@ -268,9 +266,8 @@ class Engine:
             elif sock is self.feedback:
                 self._drain_feedback()
             elif sock is self.control:
-                self._handle_control()
-        if self._pending_load is not None:
-            self._finish_plan_load()
+                self.control_handler.handle()
+        self.control_handler.finish_plan_load()
         if scans_ready:
             self._route_queued()
 
@@ -412,86 +409,16 @@ class Engine:
             except wire.WireError as e:
                 self._malformed(frame, e, time.time_ns())
 
-    # -- control ------------------------------------------------------------------------------
-    def _handle_control(self) -> None:
-        frame = self.control.recv()
-        try:
-            request = json.loads(frame)
-            if not isinstance(request, dict):
-                raise ValueError("a request is a JSON object")
-            cmd = request.get("cmd")
-            if cmd == "load_plan" and self._pending_load is None:
-                path = request.get("path")
-                self._pending_load = self._loader.submit(self._load_plan, path)
-                return                           # the reply goes out when the load finishes
-            reply = self._command(cmd, request)
-        except (ValueError, KeyError, TypeError) as e:
-            reply = {"ok": False, "error": str(e)}
-        self.control.send(json.dumps(reply, default=str).encode())
-
-    def _command(self, cmd: str | None, request: dict) -> dict:
-        if cmd == "status":
-            return {"ok": True, **self.status()}
-        if cmd == "set_chute":
-            chute, state = int(request["chute"]), request["state"]
-            if state not in CHUTE_STATES:
-                raise ValueError(f"state must be one of {', '.join(CHUTE_STATES)}")
-            self.router.set_chute_state(chute, state)
-            _log(logging.INFO, "chute state", chute=chute, state=state, source="control")
-            return {"ok": True, "chute": chute, "state": state}
-        if cmd == "stop":
-            _log(logging.INFO, "stop requested", source="control")
-            self.request_stop()
-            return {"ok": True, "stopping": True}
-        if cmd == "load_plan":
-            raise ValueError("a plan load is already in progress")
-        raise ValueError(f"unknown cmd {cmd!r} (status, load_plan, set_chute, stop)")
-
     def status(self) -> dict:
-        self._fold_metrics()
-        states = self.router._core.chute_states()
-        unavailable = {int(c): CHUTE_STATES[s] for c, s in zip(np.nonzero(states)[0], states[states != 0])}
-        return {
-            "plan": summary(self.plan),
-            "decision_seq": self.decision_seq,
-            "uptime_s": round(time.time() - self.started, 3),
-            "endpoints": self.endpoints,
-            "chutes_unavailable": unavailable,
-            "counters": self.metrics.snapshot(),
-        }
+        """The `status` reply (also for tests and tools in the same process)."""
+        return self.control_handler.status()
 
-    @staticmethod
-    def _load_plan(path: str | None):
-        """Runs in the loader thread: validate and compile, never touching the live router."""
-        plan = load_plan(path)
-        return plan, compile_plan(plan)
-
-    def _finish_plan_load(self) -> None:
-        future = self._pending_load
-        if future is None or not future.done():
-            return
-        self._pending_load = None
-        try:
-            plan, compiled = future.result()
-        except PlanError as e:
-            self.metrics.plan_load_failures += 1
-            reply = {"ok": False, "error": "plan refused; the running plan stays",
-                     "problems": [p.to_dict() for p in e.problems]}
-            _log(logging.WARNING, "plan refused", problems=[str(p) for p in e.problems])
-        except Exception as e:      # noqa: BLE001 - any failure keeps the running plan
-            self.metrics.plan_load_failures += 1
-            reply = {"ok": False, "error": f"plan refused; the running plan stays: {e}"}
-            _log(logging.WARNING, "plan refused", error=str(e))
-        else:
-            self.router.swap_plan(plan, compiled)     # between batches: atomic
-            self.plan = plan
-            gc.freeze()
-            self._use_plan_tables(plan)
-            self.metrics.plan_loads += 1
-            reply = {"ok": True, "plan": summary(plan)}
-            _log(logging.INFO, "plan loaded", plan=plan.name, plan_version=plan.version,
-                 source=plan.source)
-        self.control.send(json.dumps(reply, default=str).encode())
+    def use_plan(self, plan: Plan, compiled) -> None:
+        """Swap to a loaded plan between batches (atomic for routing)."""
+        self.router.swap_plan(plan, compiled)
+        self.plan = plan
+        gc.freeze()
+        self._use_plan_tables(plan)
 
     def _use_plan_tables(self, plan: Plan) -> None:
         """What the audit and the DECISION messages need of a plan, made once per plan:
@@ -522,3 +449,4 @@ def run(config: EngineConfig) -> int:
          source=engine.plan.source)
     engine.serve()
     return 0
+
