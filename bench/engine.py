@@ -79,7 +79,7 @@ QUICK = {"duration": 2.0, "warmup": 0.5, "sat_rates": (50_000, 200_000, 800_000)
          "sat_duration": 1.0, "sat_warmup": 0.25, "refine": 0, "pool": 20_000}
 GOALS = {"p99_ratio_max": 1.5, "p999_ratio_max": 2.0, "max_sustained_per_s_min": 200_000,
          "e2e_p999_us_max_quiet": 1000}
-SYSTEM_KEYS = {"engine": "e2e", "relay": "relay", "proxy": "proxy"}
+SYSTEM_KEYS = {"engine": "e2e", "engine-b": "e2e_b", "relay": "relay", "proxy": "proxy"}
 RELAY_SYSTEMS = {"python": "relay", "zmq-proxy": "proxy"}
 
 ID_SHIFT = 40                                # parcel id = run number << 40 | event index
@@ -154,6 +154,10 @@ def add_arguments(parser) -> None:
     g.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `sorter run` (repeatable), e.g. "
                         "--engine-arg=--batch-max=1024")
+    g.add_argument("--engine-b-arg", action="append", default=None, metavar="ARG",
+                   help="run a second engine, `engine-b`, with these extra arguments, side by "
+                        "side with the first in the same run (keys e2e_b_*), e.g. "
+                        "--engine-b-arg=--fsync-interval=0")
 
 
 def _params(args) -> dict:
@@ -170,6 +174,8 @@ def _params(args) -> dict:
     kinds = ["python"] + [k for k in (args.relay_kind or []) if k != "python"]
     p["relay_kinds"] = list(dict.fromkeys(kinds))
     p["engine_args"] = list(args.engine_arg)
+    p["engine_b_args"] = (None if getattr(args, "engine_b_arg", None) is None
+                          else list(args.engine_b_arg))
     p["py_spy"] = str(args.py_spy) if args.py_spy else None
     p["cost_model"] = not args.no_cost_model
     p["seed"] = args.seed
@@ -186,9 +192,10 @@ def start_child(name: str, cmd: list[str], log_path: Path) -> Child:
     return Child(name, cmd, log_path, cwd=str(ROOT), env=env_with_path(ROOT))
 
 
-def start_engine(workdir: Path, extra: list[str]) -> Child:
-    cmd = engine_command(workdir / "audit", "--deadline-ms", "0", *extra, metrics="")
-    return start_child("engine", cmd, workdir / "engine.log")
+def start_engine(workdir: Path, extra: list[str], name: str = "engine") -> Child:
+    audit = workdir / ("audit" if name == "engine" else f"audit-{name}")
+    cmd = engine_command(audit, "--deadline-ms", "0", *extra, metrics="")
+    return start_child(name, cmd, workdir / f"{name}.log")
 
 
 def start_relay(workdir: Path, kind: str) -> Child:
@@ -216,7 +223,7 @@ def connect(ctx: zmq.Context, system: str, endpoint_in: str, endpoint_out: str) 
     pull.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVTIMEO, 100)
     pull.connect(endpoint_out)
-    return Link(system, wire.DECISION if system == "engine" else wire.SCAN, push, pull)
+    return Link(system, wire.DECISION if system.startswith("engine") else wire.SCAN, push, pull)
 
 
 def probe(link: Link, pool, timeout_s: float = 30.0) -> float:
@@ -920,7 +927,8 @@ def run(args) -> dict:
         with tempfile.TemporaryDirectory(prefix="bench-engine-cost-") as d:
             costs = (cost_model(pool, Path(d), sizes=(1, 8, 64, 512), repeats=8) if p["quick"]
                      else cost_model(pool, Path(d)))
-    systems = ["engine"] + [RELAY_SYSTEMS[k] for k in p["relay_kinds"]]
+    systems = (["engine"] + (["engine-b"] if p["engine_b_args"] is not None else [])
+               + [RELAY_SYSTEMS[k] for k in p["relay_kinds"]])
     problems: list[str] = []
     latency: dict[str, dict] = {}
     sat_rows: list[dict] = []
@@ -966,11 +974,13 @@ def run(args) -> dict:
 
     try:
         procs["engine"] = start_engine(workdir, p["engine_args"])
+        if p["engine_b_args"] is not None:
+            procs["engine-b"] = start_engine(workdir, p["engine_b_args"], "engine-b")
         for kind in p["relay_kinds"]:
             procs[RELAY_SYSTEMS[kind]] = start_relay(workdir, kind)
         for name, proc in procs.items():
             ep = proc.wait_ready()["endpoints"]
-            if name == "engine":
+            if name.startswith("engine"):
                 links[name] = connect(ctx, name, ep["scans"], ep["decisions"])
             else:
                 links[name] = connect(ctx, name, ep["in"], ep["out"])
@@ -1036,7 +1046,7 @@ def run(args) -> dict:
         for name, proc in procs.items():      # the engine first: it was asked to stop
             if proc.proc.poll() is None and not (name == "engine" and stop_reply):
                 proc.proc.send_signal(signal.SIGTERM)
-            exits[name] = proc.wait(60 if name == "engine" else 30)
+            exits[name] = proc.wait(60 if name.startswith("engine") else 30)
         for name, code in exits.items():
             if code != 0:
                 problems.append(f"{name} exited with {code}: {' | '.join(procs[name].tail(3))}")
@@ -1079,6 +1089,11 @@ def _assemble(p, systems, latency, sat_rows, sweep_rows, best, failed, engine_st
     e, rl = latency.get("engine", {}), latency.get("relay", {})
     r["p99_ratio"] = _ratio(e.get("p99_us"), rl.get("p99_us"))
     r["p999_ratio"] = _ratio(e.get("p999_us"), rl.get("p999_us"))
+    if "engine-b" in systems:
+        eb = latency.get("engine-b", {})
+        r["engine_b_args"] = p["engine_b_args"]
+        r["p99_ratio_b"] = _ratio(eb.get("p99_us"), rl.get("p99_us"))
+        r["p999_ratio_b"] = _ratio(eb.get("p999_us"), rl.get("p999_us"))
     r["latency"] = latency
     r["saturation"] = {
         "batch": p["sat_batch"], "rates": p["sat_rates"],
@@ -1118,7 +1133,7 @@ def _assemble(p, systems, latency, sat_rows, sweep_rows, best, failed, engine_st
     r["relays"] = {s: {"exit_code": exits.get(s), "command": cmds.get(s),
                        "shutdown": next((x for x in logs.get(s, [])
                                          if x.get("event") == "shutdown"), None)}
-                   for s in systems if s != "engine"}
+                   for s in systems if not s.startswith("engine")}
     met = {
         "p99_ratio": r["p99_ratio"] is not None and r["p99_ratio"] <= GOALS["p99_ratio_max"],
         "p999_ratio": r["p999_ratio"] is not None and r["p999_ratio"] <= GOALS["p999_ratio_max"],
@@ -1172,6 +1187,9 @@ def report(r: dict) -> str:
             lines.append(row(x))
     lines.append(f"  engine/relay: p99 {_f(r['p99_ratio'], '{:.2f}')}x (goal <= 1.5), p99.9 "
                  f"{_f(r['p999_ratio'], '{:.2f}')}x (goal <= 2)")
+    if "p99_ratio_b" in r:
+        lines.append(f"  engine-b ({' '.join(r['engine_b_args'])})/relay: p99 "
+                     f"{_f(r['p99_ratio_b'], '{:.2f}')}x, p99.9 {_f(r['p999_ratio_b'], '{:.2f}')}x")
     cpu = {x["system"]: x.get("cpu_us_per_event") for x in r["latency"].values()}
     if all(v is not None for v in cpu.values()):
         lines.append("  CPU per event in the latency phase (whole process, all threads): "

@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         control=args.control, metrics=args.metrics, audit_dir=args.audit_dir,
         deadline_ms=args.deadline_ms, batch_max=args.batch_max,
         fsync_interval_s=args.fsync_interval, log_level=args.log_level,
-        native_io=args.native_io)
+        native_io=args.native_io, log_file=getattr(args, "log_file", None))
     return run(config)
 
 
@@ -56,6 +56,9 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fsync-interval", type=float, default=None, metavar="S",
                    help="fsync the audit at most every S seconds (0: every batch)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-file", default=None, metavar="PATH",
+                   help="also append the JSON log lines here (they always go to stderr; keep "
+                        "it out of the audit directory, which holds audit data only)")
     p.add_argument("--native-io", action=argparse.BooleanOptionalAction, default=None,
                    help="drain scans and send decisions through libzmq's C API when pyzmq's "
                         "libzmq is found (default), or through pyzmq")
