@@ -43,22 +43,30 @@ def _date(ns: int) -> str:
     return _dt.datetime.fromtimestamp(ns // 1_000_000_000, _dt.UTC).strftime("%Y-%m-%d")
 
 
+def _take_names(names: list, index: np.ndarray) -> pa.Array:
+    """names[index] as a string array, null where index < 0 (or past the names)."""
+    table = pa.array(list(names) + [None], pa.string())
+    index = np.where((index < 0) | (index >= len(names)), len(names), index)
+    return table.take(pa.array(index, pa.int64()))
+
+
 def _batches_of(records: list[jr.Record], plan: jr.Record | None) -> list[pa.RecordBatch]:
     """Record batches (AUDIT_SCHEMA) of consecutive records: one for the decisions, one for
     the malformed messages, in journal order within each."""
-    frames, counts, messages, times, dests, names, versions = [], [], [], [], [], [], []
+    frames, counts, messages, times, dests, plan_of = [], [], [], [], [], []
+    plans = [plan]
     bad_ts, bad_raw, bad_error, bad_version = [], [], [], []
     for r in records:
         if r.kind == jr.PLAN:
             plan = r
+            plans.append(r)
         elif r.kind == jr.DECISIONS:
             frames += r.frames
             messages.append(wire.decode_decisions(r.message, limits=_LIMITS))
             times.append(r.time_ns)
             counts.append(r.rows)
             dests.append(r.destination)
-            table = plan.names if plan is not None else []
-            names.append(table)
+            plan_of.append(len(plans) - 1)
         elif r.kind == jr.MALFORMED:
             bad_ts.append(r.time_ns)
             bad_raw.append(r.raw)
@@ -71,23 +79,33 @@ def _batches_of(records: list[jr.Record], plan: jr.Record | None) -> list[pa.Rec
             index, error = scans.errors[0]
             raise ValueError(f"a journaled SCAN frame does not decode: {error.code}: {error}")
         n = len(scans.seq)
-        if n != sum(counts):
-            raise ValueError(f"journal: {n} scan events but {sum(counts)} decisions")
+        counts_a = np.asarray(counts, np.int64)
+        if n != int(counts_a.sum()):
+            raise ValueError(f"journal: {n} scan events but {int(counts_a.sum())} decisions")
         dseq = np.concatenate([m.decision_seq for m in messages])
         chute = np.concatenate([m.chute for m in messages])
         reason = np.concatenate([m.reason for m in messages])
         pid = np.concatenate([m.parcel_id for m in messages])
         if not np.array_equal(pid, scans.events.parcel_ids):
             raise ValueError("journal: DECISION parcel ids differ from the SCAN frames'")
-        ts = np.repeat(np.asarray(times, np.int64), counts)
-        # destination names: index into the PLAN's names of each record (-1: null)
-        dest_names: list[str | None] = []
-        for table, dest in zip(names, dests):
-            dest_names += [table[i] if 0 <= i < len(table) else None for i in dest.tolist()]
-        versions = [m.plan_version for m, k in zip(messages, counts) for _ in range(k)]
+        ts = np.repeat(np.asarray(times, np.int64), counts_a)
+        # destination names: each record's indices into its PLAN's names (-1: null); the
+        # names of all the plans in one table, each plan's block at its offset
+        dest = np.concatenate(dests).astype(np.int64)
+        all_names, offset = [], []
+        for p in plans:
+            offset.append(len(all_names))
+            all_names += p.names if p is not None else []
+        base = np.repeat(np.asarray(offset, np.int64)[plan_of], counts_a)
+        size = np.repeat(np.asarray([len(p.names) if p is not None else 0 for p in plans],
+                                    np.int64)[plan_of], counts_a)
+        dest = np.where((dest >= 0) & (dest < size), base + dest, -1)
+        versions = sorted({m.plan_version for m in messages})
+        version_of = np.repeat(np.asarray([versions.index(m.plan_version) for m in messages],
+                                          np.int64), counts_a)
         out.append(decision_batch(scans.events, scans.seq, dseq, chute, reason,
-                                  pa.array(dest_names, pa.string()),
-                                  pa.array(versions, pa.string()), ts))
+                                  _take_names(all_names, dest),
+                                  _take_names(versions, version_of), ts))
     if bad_ts:
         out.append(malformed_batch(bad_ts, bad_raw, bad_error, bad_version))
     return out
@@ -98,11 +116,15 @@ def segment_batches(scan: jr.SegmentScan) -> list[tuple[str, list[pa.RecordBatch
     decision time), in journal order: one compacted file each."""
     runs: list[tuple[str, list[jr.Record]]] = []
     plan, plans_before = None, []
+    day, d = None, None
     for r in scan.records:
         if r.kind == jr.PLAN:
             plan = r
+            if runs:
+                runs[-1][1].append(r)
             continue
-        d = _date(r.time_ns)
+        if r.time_ns // _DAY_NS != day:
+            day, d = r.time_ns // _DAY_NS, _date(r.time_ns)
         if not runs or runs[-1][0] != d:
             runs.append((d, []))
             plans_before.append(plan)

@@ -149,17 +149,23 @@ def _decode(kind: int, rows: int, offset: int, p: memoryview) -> Record:
     if kind == DECISIONS:
         t, n_frames, message_len = _DECISIONS_HEAD.unpack_from(p, 0)
         at = _DECISIONS_HEAD.size
-        lengths = struct.unpack_from(f"<{n_frames}I", p, at)
-        at += 4 * n_frames
-        frames = []
-        for k in lengths:
-            frames.append(bytes(p[at:at + k]))
+        if n_frames == 1:                     # the usual turn: one SCAN frame
+            (k,) = _U32.unpack_from(p, at)
+            at += 4
+            frames = [p[at:at + k]]
             at += k
-        message = bytes(p[at:at + message_len])
+        else:
+            lengths = struct.unpack_from(f"<{n_frames}I", p, at)
+            at += 4 * n_frames
+            frames = []
+            for k in lengths:
+                frames.append(p[at:at + k])
+                at += k
+        message = p[at:at + message_len]
         at += message_len
-        dest = np.frombuffer(p[at:at + 4 * rows], "<i4").copy()
-        if len(dest) != rows or at + 4 * rows != len(p):
+        if at + 4 * rows != len(p):
             raise ValueError("decisions record: lengths do not add up")
+        dest = np.frombuffer(p, "<i4", rows, at) if rows else np.empty(0, np.int32)
         return Record(kind, rows, offset, t, frames=frames, message=message, destination=dest)
     if kind == MALFORMED:
         t, n = _TIME_LEN.unpack_from(p, 0)
@@ -173,7 +179,7 @@ def read_segment(path) -> SegmentScan:
     """Every good record of a segment, in order, up to the end (zeroes) or the first record
     whose length runs past the file or whose CRC32C does not match (a torn tail)."""
     path = Path(path)
-    data = path.read_bytes()
+    data = _read_used(path)
     view = memoryview(data)
     sid = _segment_id(path)
     if len(data) < SEGMENT.size:
@@ -199,6 +205,25 @@ def read_segment(path) -> SegmentScan:
     torn = any(view[at:])
     return SegmentScan(path, sid, records, at, torn,
                        f"bad record at offset {at}: truncated header" if torn else "")
+
+
+def _read_used(path: Path) -> bytes:
+    """The bytes of a segment up to its last record: read in 1 MiB steps until a step ends
+    in zeroes (a preallocated segment is mostly zeroes the reader need not copy)."""
+    out = bytearray()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            out += chunk
+            if len(chunk) < 1 << 20 or not any(chunk[-RECORD.size:]) and _zero_tail(chunk):
+                break
+    return bytes(out)
+
+
+def _zero_tail(chunk: bytes) -> bool:
+    """Whether the last 64 KiB of a chunk are all zeroes (no record ends near the end)."""
+    tail = chunk[-(64 << 10):]
+    return tail.count(0) == len(tail)
 
 
 def _segment_id(path: Path) -> int:
