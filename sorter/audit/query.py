@@ -88,10 +88,12 @@ def find(directory, key: str) -> list[dict]:
 
 
 def latest(directory, n: int) -> pa.Table:
-    """The last `n` decisions by decision_seq (the newest sources only)."""
+    """The last `n` decisions by decision_seq (the newest sources only; malformed rows, which
+    are not decisions, are left out)."""
     picked, total = [], 0
     sources = list(_tables(directory))
     for table, _ in reversed(sources):
+        table = table.filter(pc.not_equal(table.column("decision_seq"), 0))
         picked.append(table)
         total += table.num_rows
         if total >= n:
