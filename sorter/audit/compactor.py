@@ -141,14 +141,6 @@ class CompactResult:
     torn: bool
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _name(batches: list[pa.RecordBatch], segment_id: int, part: int) -> str:
     seqs = [b.column("decision_seq") for b in batches if b.num_rows]
     seqs = [s for s in seqs if pc.max(s).as_py()]
@@ -214,10 +206,10 @@ def compact_segment(directory, segment: Path, *, compression: str | None = None,
         finally:
             os.close(fd)
         os.rename(hidden, final)
-        _fsync_dir(folder)
+        jr.fsync_dir(folder)
         written.append(final)
     os.unlink(segment)
-    _fsync_dir(segment.parent)
+    jr.fsync_dir(segment.parent)
     return CompactResult(segment, written, rows, scan.torn)
 
 

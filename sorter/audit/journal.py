@@ -276,7 +276,8 @@ class Recovered:
     last_decision_seq: int
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: its entries (a new or renamed file) survive a power loss."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -313,7 +314,7 @@ def recover(directory) -> Recovered:
             os.rename(path, target)
             sealed.append(target)
     if sealed:
-        _fsync_dir(journal_dir(directory))
+        fsync_dir(journal_dir(directory))
     return Recovered(sealed, torn, last)
 
 
@@ -437,7 +438,7 @@ class JournalWriter:
             if os.pwrite(fd, head, 0) != len(head):
                 raise OSError(errno.EIO, "short write to the audit journal")
             os.fdatasync(fd)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError:
             os.close(fd)
             try:
