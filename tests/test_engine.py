@@ -372,3 +372,22 @@ def test_prometheus_endpoint(engine):
     assert 'sorter_decisions_total{reason="sorted"} 1.0' in text
     assert 'sorter_decisions_total{reason="no_read"} 1.0' in text
     assert "sorter_scan_to_decision_seconds_bucket" in text
+
+
+def test_compacted_files_appear_within_ten_seconds_while_the_engine_runs(tmp_path):
+    """Default settings: the decisions reach an Arrow file within 10 s (segment sealed after
+    compact_s = 5 s, then the compactor process), while the engine keeps running."""
+    engine = EngineProcess(tmp_path)
+    try:
+        engine.send_scans([[b"050010"], []])
+        engine.receive_decisions(2)
+        sent = time.monotonic()
+        while not audit_files(engine.audit_dir) and time.monotonic() - sent < 10:
+            time.sleep(0.1)
+        files = audit_files(engine.audit_dir)
+        assert files, "no compacted file within 10 s"
+        table = ds.dataset(engine.audit_dir, format="arrow", partitioning="hive").to_table()
+        assert sorted(table.column("decision_seq").to_pylist()) == [1, 2]
+        assert engine.control("status")["ok"]
+    finally:
+        engine.kill()

@@ -1,6 +1,6 @@
 """The compactor: sealed journal segments in, Arrow IPC files out (docs/audit.md "Compaction").
 
-A background thread (`Compactor`) takes each sealed segment (`sorter.audit.journal`), decodes
+A background process (or thread: `Compactor`) takes each sealed segment (`sorter.audit.journal`), decodes
 its records with the compiled wire codec into columns (`sorter.wire.decode_scans` for the SCAN
 frames, `decode_decisions` for the DECISION messages), and writes them with pyarrow's own IPC
 file writer into `date=YYYY-MM-DD/`, one file per segment and date, under a hidden name; the
@@ -234,14 +234,22 @@ def journal_table(directory, *, skip_segments=()) -> pa.Table:
 
 
 class Compactor:
-    """The compactor thread: compacts every sealed segment, oldest first, when woken (a
-    segment was sealed) or every `interval_s`. A failure (disk full...) is logged and the
-    segment tried again later; the journal keeps it meanwhile."""
+    """Compacts every sealed segment, oldest first, every `interval_s` (and when woken, in
+    thread mode). A failure (disk full...) is logged once and the segment tried again later;
+    the journal keeps it meanwhile.
 
-    def __init__(self, directory, *, interval_s: float = 1.0, compression: str | None = None):
+    `process=True` (the engine's choice) runs the passes in a child process
+    (`python -m sorter.audit.compactor DIR`), so decoding and Arrow work never hold the
+    engine's GIL (a thread would stall its turns for a switch interval, 5 ms, at a time);
+    the child dies with its parent (PR_SET_PDEATHSIG). `stop(finish=True)` stops it and
+    compacts what is left in the calling process (a clean shutdown leaves no journal)."""
+
+    def __init__(self, directory, *, interval_s: float = 1.0, compression: str | None = None,
+                 process: bool = False):
         self.directory = Path(directory)
         self.interval_s = interval_s
         self.compression = compression
+        self.process = process
         self.rows = self.files = self.segments = self.failures = 0
         self.torn = 0
         self.last_error: str | None = None
@@ -249,9 +257,20 @@ class Compactor:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-compactor", daemon=True)
+        self._child = None
 
     def start(self) -> "Compactor":
-        self._thread.start()
+        if self.process:
+            import subprocess
+            import sys
+
+            cmd = [sys.executable, "-m", "sorter.audit.compactor", str(self.directory),
+                   "--interval", str(self.interval_s)]
+            if self.compression:
+                cmd += ["--compression", self.compression]
+            self._child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        else:
+            self._thread.start()
         return self
 
     def wake(self, *_args) -> None:
@@ -263,6 +282,8 @@ class Compactor:
         for segment in jr.segments(self.directory, include_open=False):
             try:
                 result = compact_segment(self.directory, segment, compression=self.compression)
+            except FileNotFoundError:
+                continue                            # compacted meanwhile (another pass)
             except Exception as e:                  # noqa: BLE001 - keep the segment, retry
                 self.failures += 1
                 if str(e) != self.last_error:
@@ -287,21 +308,73 @@ class Compactor:
             self._wake.clear()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Wait until a pass found nothing left to do (tests, shutdown)."""
+        """Wait until no sealed segment is left (tests)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._wake.set()
-            self._idle.clear()
-            if self._idle.wait(max(0.0, deadline - time.monotonic())) and not jr.segments(
-                    self.directory, include_open=False):
+            if not jr.segments(self.directory, include_open=False):
                 return True
+            time.sleep(0.05)
         return False
 
     def stop(self, *, finish: bool = True) -> None:
-        """Stop the thread; with `finish`, compact what is sealed first (a clean shutdown)."""
+        """Stop the thread or process; with `finish`, compact what is sealed first."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._child is not None:
+            import signal
+            import subprocess
+
+            self._child.send_signal(signal.SIGTERM)      # it ends its pass, then exits
+            try:
+                self._child.wait(60)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+            self._child = None
         if finish:
             self.run_once()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (no orphan compacting beside the
+    next engine)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv=None) -> int:
+    """`python -m sorter.audit.compactor DIR`: the engine's compactor process. Compacts every
+    `--interval` seconds until SIGTERM (then finishes its pass) or its parent is gone."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m sorter.audit.compactor")
+    parser.add_argument("directory")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--compression", default=None)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    parent = os.getppid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # the engine decides when to stop
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('{"level": "%(levelname)s", "event": "%(message)s"}'))
+    logging.getLogger("sorter").addHandler(handler)
+    c = Compactor(args.directory, interval_s=args.interval, compression=args.compression)
+    while not stop.is_set() and os.getppid() == parent:
+        c.run_once()
+        stop.wait(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

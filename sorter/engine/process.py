@@ -130,7 +130,7 @@ class Engine:
                  torn=[{"segment": str(p), "offset": o, "problem": w} for p, o, w in recovered.torn],
                  decision_seq=self.decision_seq)
         self.audit_torn_tails = len(recovered.torn)
-        self.compactor = Compactor(c.audit_dir, interval_s=1.0).start()
+        self.compactor = Compactor(c.audit_dir, interval_s=1.0, process=True).start()
         self.journal = journal.JournalWriter(
             c.audit_dir, segment_bytes=int(getattr(c, "segment_mb", 64.0) * (1 << 20)),
             seal_after_s=getattr(c, "compact_s", 5.0), fsync_interval_s=c.fsync_interval_s,
