@@ -391,3 +391,19 @@ def test_compacted_files_appear_within_ten_seconds_while_the_engine_runs(tmp_pat
         assert engine.control("status")["ok"]
     finally:
         engine.kill()
+
+
+def test_log_file_gets_the_log_and_the_audit_dir_holds_audit_data_only(tmp_path):
+    log_file = tmp_path / "logs" / "engine.jsonl"
+    log_file.parent.mkdir()
+    engine = EngineProcess(tmp_path, "--log-file", str(log_file))
+    try:
+        engine.send_scans([[b"050010"]])
+        engine.receive_decisions(1)
+        assert engine.stop() == 0
+    finally:
+        engine.kill()
+    events = [__import__("json").loads(x)["event"] for x in log_file.read_text().splitlines()]
+    assert events[0] == "ready" and events[-1] == "shutdown"
+    names = {p.name for p in engine.audit_dir.rglob("*") if p.is_file()}
+    assert names == {"lock"} | {f.name for f in audit_files(engine.audit_dir)}
