@@ -404,6 +404,6 @@ def test_log_file_gets_the_log_and_the_audit_dir_holds_audit_data_only(tmp_path)
     finally:
         engine.kill()
     events = [__import__("json").loads(x)["event"] for x in log_file.read_text().splitlines()]
-    assert events[0] == "ready" and events[-1] == "shutdown"
+    assert "ready" in events and events[-1] == "shutdown"
     names = {p.name for p in engine.audit_dir.rglob("*") if p.is_file()}
     assert names == {"lock"} | {f.name for f in audit_files(engine.audit_dir)}
