@@ -478,20 +478,19 @@ class JournalWriter:
             self.on_seal(sealed)
 
     def fsync(self) -> None:
-        """fdatasync the open segment now (and the sealed ones waiting for the thread)."""
+        """fdatasync the open segment now (if written since the last time) and the sealed
+        ones handed to this thread, then close those. Only this call closes a handed fd, so
+        the engine's thread never closes a descriptor another thread is syncing."""
         with self._lock:
-            fds = [self._fd] if self._fd >= 0 else []
-            fds += self._to_close
-            self._to_close = []
+            current = self._fd
+            closing, self._to_close = self._to_close, []
             dirty, self._dirty = self._dirty, False
-        closing = fds[1:] if self._fd >= 0 else fds
-        for fd in fds:
-            if dirty or fd in closing:
-                try:
-                    os.fdatasync(fd)
-                    self.fsyncs += 1
-                except OSError as e:
-                    log.warning("audit journal fsync failed", extra={"fields": {"error": str(e)}})
+        for fd in ([current] if current >= 0 and dirty else []) + closing:
+            try:
+                os.fdatasync(fd)
+                self.fsyncs += 1
+            except OSError as e:
+                log.warning("audit journal fsync failed", extra={"fields": {"error": str(e)}})
         for fd in closing:
             os.close(fd)
 
@@ -500,10 +499,13 @@ class JournalWriter:
             self.fsync()
 
     def close(self) -> None:
-        """Seal the open segment, stop the fsync thread (after a last fsync) and release the
-        lock. Idempotent."""
+        """Stop the fsync thread, seal the open segment (fsynced), and release the lock if it
+        was taken here. Idempotent."""
         if self._stop.is_set():
             return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
         try:
             if self._fd >= 0 and not self.records_in_segment():
                 fd, path = self._fd, self._path          # nothing but its PLAN: drop it
@@ -511,11 +513,9 @@ class JournalWriter:
                 os.close(fd)
                 os.unlink(path)
             else:
+                self._dirty = True
                 self._seal()
         finally:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
             self.fsync()
             if self._own_lock and self._lock_fd is not None:
                 os.close(self._lock_fd)
