@@ -4,7 +4,6 @@ status, one log line per state change, and recovery by itself when space returns
 import os
 import shutil
 import subprocess
-import time
 import urllib.request
 
 import pytest

@@ -3,7 +3,6 @@ files: records, CRC32C, torn tails, recovery, compaction to Arrow (idempotent af
 and the engine's turn (`BatchDecider`) journaled the way the engine does it."""
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap

@@ -26,8 +26,7 @@ import pyarrow.ipc as ipc
 
 from sorter import wire
 from sorter.audit import journal as jr
-from sorter.audit.files import (AUDIT_SCHEMA, _sort_key, audit_files, decision_batch,
-                                malformed_batch)
+from sorter.audit.files import AUDIT_SCHEMA, decision_batch, malformed_batch
 
 __all__ = ["Compactor", "compact_segment", "segment_batches", "journal_table", "CompactResult"]
 
