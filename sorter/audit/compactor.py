@@ -240,7 +240,8 @@ class Compactor:
     `process=True` (the engine's choice) runs the passes in a child process
     (`python -m sorter.audit.compactor DIR`), so decoding and Arrow work never hold the
     engine's GIL (a thread would stall its turns for a switch interval, 5 ms, at a time);
-    the child dies with its parent (PR_SET_PDEATHSIG). `stop(finish=True)` stops it and
+    the child dies with its parent (PR_SET_PDEATHSIG) and runs at nice 10, so the engine's
+    turns get the CPU first. `stop(finish=True)` stops it and
     compacts what is left in the calling process (a clean shutdown leaves no journal)."""
 
     def __init__(self, directory, *, interval_s: float = 1.0, compression: str | None = None,
@@ -361,6 +362,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compression", default=None)
     args = parser.parse_args(argv)
     _die_with_parent()
+    try:
+        os.nice(10)            # background work: the engine's turns get the CPU first
+    except OSError:
+        pass
     parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
