@@ -375,3 +375,25 @@ def _utf8(b: bytes):
         return b.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def test_fsync_each_syncs_every_record_before_append_returns(tmp_path):
+    from sorter.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--fsync-interval", "each"]).fsync_interval == 0.0
+    line = Line(tmp_path, fsync_interval_s=0)
+    for i in range(5):
+        line.scan([[b"050010"]], first_parcel=i)
+    assert line.journal.fsyncs == 5 and line.journal._thread is None
+    line.journal.close()
+
+
+def test_compaction_with_zstd_writes_files_every_reader_opens(tmp_path):
+    line = Line(tmp_path, fsync_interval_s=None)
+    for i in range(30):
+        line.scan([[b"050010"], [b"Z01P3K4"]], first_parcel=2 * i)
+    line.journal.close()
+    Compactor(tmp_path, compression="zstd").run_once()
+    (f,) = audit_files(tmp_path)
+    assert ipc.open_file(f).read_all().num_rows == 60
+    assert ds.dataset(tmp_path, format="arrow", partitioning="hive").to_table().num_rows == 60

@@ -33,6 +33,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def _fsync_interval(text: str) -> float:
+    """Seconds, or `each` (= 0: fsync every journal record before its decision is sent)."""
+    return 0.0 if text.strip().lower() == "each" else float(text)
+
+
 def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run", help="run the engine (ZeroMQ in, decisions out, Arrow audit)",
@@ -53,8 +58,9 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="scans older than this are decided `late` (0 disables)")
     p.add_argument("--batch-max", type=int, default=None, metavar="N",
                    help="events per core call, at most")
-    p.add_argument("--fsync-interval", type=float, default=None, metavar="S",
-                   help="fsync the audit at most every S seconds (0: every batch)")
+    p.add_argument("--fsync-interval", type=_fsync_interval, default=None, metavar="S",
+                   help="fsync the audit journal every S seconds (default 1; 0 or 'each': "
+                        "every record, before its decision is sent)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-file", default=None, metavar="PATH",
                    help="also append the JSON log lines here (they always go to stderr; keep "
