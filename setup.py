@@ -18,10 +18,7 @@ extensions = [
     _ext("sorter._shared"),             # helpers every compiled module shares (_shared.pxd)
     _ext("sorter.core._core"),          # decode, resolve, route
     _ext("sorter.wire._wire"),          # the binary wire protocol, parsed into columns
-    _ext("sorter.audit._audit"),        # audit record batches as Arrow IPC messages
-    _ext("sorter.engine._turn"),        # one engine turn: route, audit message, DECISION, counts
-    _ext("sorter.engine._zmqio"),       # drain and send through the libzmq pyzmq loaded
-    _ext("sorter.engine._scanloop"),    # the engine's scan turns in C, over that libzmq
+    _ext("sorter.engine._turn"),        # one engine turn: route, DECISION message, counts
 ]
 
 setup(

@@ -79,7 +79,7 @@ QUICK = {"duration": 2.0, "warmup": 0.5, "sat_rates": (50_000, 200_000, 800_000)
          "sat_duration": 1.0, "sat_warmup": 0.25, "refine": 0, "pool": 20_000}
 GOALS = {"p99_ratio_max": 1.5, "p999_ratio_max": 2.0, "max_sustained_per_s_min": 200_000,
          "e2e_p999_us_max_quiet": 1000}
-SYSTEM_KEYS = {"engine": "e2e", "relay": "relay", "proxy": "proxy"}
+SYSTEM_KEYS = {"engine": "e2e", "engine-b": "e2e_b", "relay": "relay", "proxy": "proxy"}
 RELAY_SYSTEMS = {"python": "relay", "zmq-proxy": "proxy"}
 
 ID_SHIFT = 40                                # parcel id = run number << 40 | event index
@@ -154,6 +154,10 @@ def add_arguments(parser) -> None:
     g.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `sorter run` (repeatable), e.g. "
                         "--engine-arg=--batch-max=1024")
+    g.add_argument("--engine-b-arg", action="append", default=None, metavar="ARG",
+                   help="run a second engine, `engine-b`, with these extra arguments, side by "
+                        "side with the first in the same run (keys e2e_b_*), e.g. "
+                        "--engine-b-arg=--fsync-interval=0")
 
 
 def _params(args) -> dict:
@@ -170,6 +174,8 @@ def _params(args) -> dict:
     kinds = ["python"] + [k for k in (args.relay_kind or []) if k != "python"]
     p["relay_kinds"] = list(dict.fromkeys(kinds))
     p["engine_args"] = list(args.engine_arg)
+    p["engine_b_args"] = (None if getattr(args, "engine_b_arg", None) is None
+                          else list(args.engine_b_arg))
     p["py_spy"] = str(args.py_spy) if args.py_spy else None
     p["cost_model"] = not args.no_cost_model
     p["seed"] = args.seed
@@ -186,9 +192,10 @@ def start_child(name: str, cmd: list[str], log_path: Path) -> Child:
     return Child(name, cmd, log_path, cwd=str(ROOT), env=env_with_path(ROOT))
 
 
-def start_engine(workdir: Path, extra: list[str]) -> Child:
-    cmd = engine_command(workdir / "audit", "--deadline-ms", "0", *extra, metrics="")
-    return start_child("engine", cmd, workdir / "engine.log")
+def start_engine(workdir: Path, extra: list[str], name: str = "engine") -> Child:
+    audit = workdir / ("audit" if name == "engine" else f"audit-{name}")
+    cmd = engine_command(audit, "--deadline-ms", "0", *extra, metrics="")
+    return start_child(name, cmd, workdir / f"{name}.log")
 
 
 def start_relay(workdir: Path, kind: str) -> Child:
@@ -216,7 +223,7 @@ def connect(ctx: zmq.Context, system: str, endpoint_in: str, endpoint_out: str) 
     pull.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVTIMEO, 100)
     pull.connect(endpoint_out)
-    return Link(system, wire.DECISION if system == "engine" else wire.SCAN, push, pull)
+    return Link(system, wire.DECISION if system.startswith("engine") else wire.SCAN, push, pull)
 
 
 def probe(link: Link, pool, timeout_s: float = 30.0) -> float:
@@ -692,9 +699,9 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
 
     total; drain = the per-message receive loop (recv, appends), `decode_scans` excluded;
     decode_scan = `wire.decode_scans` (one call per turn); turn = the compiled
-    `sorter.engine._turn.EngineTurn.run` (route, audit record batch and DECISION message encoded); audit =
-    the audit write (`AuditWriter.write_message`, or `write_decisions` for a batch the
-    encoder declines); send; other (the rest of `_decide`: sequence numbers, counting).
+    `sorter.engine._turn.BatchDecider.run` (route, DECISION message encoded); audit = the
+    journal append (`JournalWriter.append`: one write(2)); send; other (the rest of
+    `_decide`: the journal record's bytes, sequence numbers, counting).
     `per_message_us` / `per_batch_us`: least-squares fit total = per_batch + per_message *
     messages over the one-event-message rows."""
     import dataclasses
@@ -716,20 +723,17 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
     push.connect(engine.endpoints["scans"])
     pull.connect(engine.endpoints["decisions"])
     # the engine's stages: one `wire.decode_scans` call per turn, then in `_decide` one
-    # compiled `Turn.run`, the audit write, the send
+    # compiled `BatchDecider.run`, the journal append, the send
     saved, timers = [(wire, "decode_scans", wire.decode_scans)], {}
     timers["decode_scans"] = _Timed(wire.decode_scans)
     wire.decode_scans = timers["decode_scans"]
     engine._turn = turn_proxy = _TurnProxy(engine._turn)
     timers["turn"] = turn_proxy.run
-    timers["audit"] = _Timed(engine.audit.write_message)
-    timers["audit_fallback"] = _Timed(engine.audit.write_decisions)
+    timers["audit"] = _Timed(engine.journal.append)
     timers["decide"] = _Timed(engine._decide)
-    engine.audit.write_message = timers["audit"]
-    engine.audit.write_decisions = timers["audit_fallback"]
+    engine.journal.append = timers["audit"]
     engine._decide = timers["decide"]
-    # the send goes through libzmq's C API when the engine found it (`native_io`)
-    send_attr = "decisions" if engine._native_decisions is None else "_native_decisions"
+    send_attr = "decisions"
     proxy = _SendProxy(getattr(engine, send_attr))
     setattr(engine, send_attr, proxy)
     timers["send"] = proxy.send
@@ -762,7 +766,7 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                     if turn < warm or got != k:
                         continue
                     ns = {name: t.ns for name, t in timers.items()}
-                    audit_ns = ns["audit"] + ns["audit_fallback"]
+                    audit_ns = ns["audit"]
                     samples.append({
                         "total": total,
                         "drain": total - ns["decide"] - ns["decode_scans"],
@@ -778,16 +782,16 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
                            for key in samples[0]}
                     rows.append({"events_per_message": m, "events": k, "messages": k // m,
                                  "turns": len(samples), **med})
-            # the audit's fsync (the engine runs it in its loop, at most once a second)
+            # the journal's fsync (its own thread runs it, at most once a second)
             for _ in range(3):
                 for f in frames[:64]:
                     push.send(f)
                 time.sleep(0.05)
                 engine._route_queued()
                 t0 = time.perf_counter_ns()
-                engine.audit.fsync()
+                engine.journal._dirty = True
+                engine.journal.fsync()
                 fsync_us.append(round((time.perf_counter_ns() - t0) / 1e3, 1))
-        line = _line_cost(engine, turn_proxy._turn, push, pull, pool)
     finally:
         for module, attr, fn in saved:
             setattr(module, attr, fn)
@@ -804,58 +808,9 @@ def cost_model(pool, workdir: Path, sizes=(1, 8, 64, 512, 4096), msg_events=(1, 
         b, a = np.polyfit([r["messages"] for r in one], [r["total"] for r in one], 1)
         fit = {"per_message_us": round(float(b), 2), "per_batch_us": round(float(a), 1)}
     return {"rows": rows, **fit, "audit_fsync_us": fsync_us, "repeats": repeats,
-            "line": line,
             "note": "in-process, back-to-back turns, no competing load; us per turn; "
                     "drain = the receive loop (decode_scans excluded); turn = the compiled "
-                    "route + audit encode + DECISION encode; line = the compiled loop"}
-
-
-def _line_cost(engine, turn, push, pull, pool, turns: int = 2000, window_s: float = 0.5):
-    """CPU of the engine's compiled loop (`sorter.engine._scanloop`) per one-event turn: `turns`
-    one-event messages queued, then a ScanLoop with batch_max 1 on the engine's own sockets and
-    audit decides them, one turn each (poll, receive, decode, route, audit encode and
-    write(2), DECISION encode and send, counting). The main thread's CPU time (waiting
-    excluded) minus that of a run with nothing queued, per turn. None without native I/O."""
-    if engine._loop is None:
-        return None
-    from sorter.engine import _scanloop
-    from sorter.engine.zmq_native import libzmq_symbols
-
-    lim = engine._limits
-    line = _scanloop.ScanLoop(engine.scans, engine.decisions, engine.feedback, engine.control,
-                      libzmq_symbols(), turn, batch_max=1, max_frame=lim.max_frame,
-                      max_records=lim.max_records, max_reads=lim.max_reads,
-                      max_read_len=lim.max_read_len)
-    sub = take(pool, np.arange(turns) % len(pool))
-    frames = [wire.encode_scan(take(sub, np.arange(i, i + 1)), np.zeros(1, np.uint64))
-              for i in range(turns)]
-
-    def run() -> tuple[int, int]:
-        line.decision_seq, line.batch_seq = engine.decision_seq, engine.batch_seq
-        line.lend(*engine.audit.lend(time.time_ns(), engine.decision_seq + 1, open_file=True))
-        cpu = time.thread_time_ns()
-        code = line.run(engine.router.core, engine._version_bytes, engine._name_offsets,
-                        engine._name_data, 0, time.monotonic_ns() + int(window_s * 1e9), 1000)
-        cpu = time.thread_time_ns() - cpu
-        engine.audit.settle(*line.take_audit())
-        decided = line.decision_seq - engine.decision_seq
-        engine.decision_seq, engine.batch_seq = line.decision_seq, line.batch_seq
-        turn.take_counts()
-        return (cpu if code == _scanloop.TIMER else -1), decided
-
-    samples = []
-    for _ in range(3):
-        idle, _ = run()
-        for f in frames:
-            push.send(f)
-        time.sleep(0.05 + turns * 2e-6)                  # everything in the engine's queue
-        busy, decided = run()
-        while pull.poll(50):
-            pull.recv()
-        if idle >= 0 and busy >= 0 and decided == turns:
-            samples.append((busy - idle) / turns / 1e3)
-    return {"turns": turns, "cpu_us_per_turn": round(float(np.median(samples)), 2)
-            if samples else None, "samples": [round(x, 2) for x in samples]}
+                    "route + DECISION encode; audit = the journal append"}
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -903,7 +858,8 @@ def _audit_summary(directory: Path) -> dict:
                 rows += sum(r.get_batch(i).num_rows for i in range(r.num_record_batches))
         except (pa.ArrowInvalid, OSError):
             unreadable += 1
-    return {"files": len(files), "bytes": size, "rows": rows, "unsealed_or_unreadable": unreadable}
+    return {"files": len(files), "bytes": size, "rows": rows, "unsealed_or_unreadable": unreadable,
+            "bytes_per_decision": round(size / rows, 1) if rows else None}
 
 
 def run(args) -> dict:
@@ -920,7 +876,8 @@ def run(args) -> dict:
         with tempfile.TemporaryDirectory(prefix="bench-engine-cost-") as d:
             costs = (cost_model(pool, Path(d), sizes=(1, 8, 64, 512), repeats=8) if p["quick"]
                      else cost_model(pool, Path(d)))
-    systems = ["engine"] + [RELAY_SYSTEMS[k] for k in p["relay_kinds"]]
+    systems = (["engine"] + (["engine-b"] if p["engine_b_args"] is not None else [])
+               + [RELAY_SYSTEMS[k] for k in p["relay_kinds"]])
     problems: list[str] = []
     latency: dict[str, dict] = {}
     sat_rows: list[dict] = []
@@ -966,11 +923,13 @@ def run(args) -> dict:
 
     try:
         procs["engine"] = start_engine(workdir, p["engine_args"])
+        if p["engine_b_args"] is not None:
+            procs["engine-b"] = start_engine(workdir, p["engine_b_args"], "engine-b")
         for kind in p["relay_kinds"]:
             procs[RELAY_SYSTEMS[kind]] = start_relay(workdir, kind)
         for name, proc in procs.items():
             ep = proc.wait_ready()["endpoints"]
-            if name == "engine":
+            if name.startswith("engine"):
                 links[name] = connect(ctx, name, ep["scans"], ep["decisions"])
             else:
                 links[name] = connect(ctx, name, ep["in"], ep["out"])
@@ -1036,7 +995,7 @@ def run(args) -> dict:
         for name, proc in procs.items():      # the engine first: it was asked to stop
             if proc.proc.poll() is None and not (name == "engine" and stop_reply):
                 proc.proc.send_signal(signal.SIGTERM)
-            exits[name] = proc.wait(60 if name == "engine" else 30)
+            exits[name] = proc.wait(60 if name.startswith("engine") else 30)
         for name, code in exits.items():
             if code != 0:
                 problems.append(f"{name} exited with {code}: {' | '.join(procs[name].tail(3))}")
@@ -1079,6 +1038,11 @@ def _assemble(p, systems, latency, sat_rows, sweep_rows, best, failed, engine_st
     e, rl = latency.get("engine", {}), latency.get("relay", {})
     r["p99_ratio"] = _ratio(e.get("p99_us"), rl.get("p99_us"))
     r["p999_ratio"] = _ratio(e.get("p999_us"), rl.get("p999_us"))
+    if "engine-b" in systems:
+        eb = latency.get("engine-b", {})
+        r["engine_b_args"] = p["engine_b_args"]
+        r["p99_ratio_b"] = _ratio(eb.get("p99_us"), rl.get("p99_us"))
+        r["p999_ratio_b"] = _ratio(eb.get("p999_us"), rl.get("p999_us"))
     r["latency"] = latency
     r["saturation"] = {
         "batch": p["sat_batch"], "rates": p["sat_rates"],
@@ -1118,7 +1082,7 @@ def _assemble(p, systems, latency, sat_rows, sweep_rows, best, failed, engine_st
     r["relays"] = {s: {"exit_code": exits.get(s), "command": cmds.get(s),
                        "shutdown": next((x for x in logs.get(s, [])
                                          if x.get("event") == "shutdown"), None)}
-                   for s in systems if s != "engine"}
+                   for s in systems if not s.startswith("engine")}
     met = {
         "p99_ratio": r["p99_ratio"] is not None and r["p99_ratio"] <= GOALS["p99_ratio_max"],
         "p999_ratio": r["p999_ratio"] is not None and r["p999_ratio"] <= GOALS["p999_ratio_max"],
@@ -1172,6 +1136,9 @@ def report(r: dict) -> str:
             lines.append(row(x))
     lines.append(f"  engine/relay: p99 {_f(r['p99_ratio'], '{:.2f}')}x (goal <= 1.5), p99.9 "
                  f"{_f(r['p999_ratio'], '{:.2f}')}x (goal <= 2)")
+    if "p99_ratio_b" in r:
+        lines.append(f"  engine-b ({' '.join(r['engine_b_args'])})/relay: p99 "
+                     f"{_f(r['p99_ratio_b'], '{:.2f}')}x, p99.9 {_f(r['p999_ratio_b'], '{:.2f}')}x")
     cpu = {x["system"]: x.get("cpu_us_per_event") for x in r["latency"].values()}
     if all(v is not None for v in cpu.values()):
         lines.append("  CPU per event in the latency phase (whole process, all threads): "
@@ -1213,9 +1180,6 @@ def report(r: dict) -> str:
             f"{first['audit']:.0f}, send {first['send']:.0f}, counting etc. "
             f"{first['other']:.0f}); audit fsync {min(cm['audit_fsync_us']):.0f}-"
             f"{max(cm['audit_fsync_us']):.0f}")
-        if (cm.get("line") or {}).get("cpu_us_per_turn") is not None:
-            lines.append(f"  compiled loop (sorter.engine._scanloop, in-process): "
-                         f"{cm['line']['cpu_us_per_turn']:.1f} us of CPU per one-event turn")
     prof = (r["engine"].get("profile") or {}).get("inclusive_pct")
     if prof:
         lines.append("  py-spy, engine main thread (inclusive %): " + ", ".join(

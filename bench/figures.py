@@ -145,8 +145,30 @@ def _audit(r: dict) -> list[dict]:
         text = ", ".join(f"{int(s):,}: {_si(by_size.get(str(s)))}" for s in sizes)
         top = by_size.get(str(max(sizes))) if sizes else None
         out.append(_row("audit", f"rows/s by rows per batch, {POLICY_LABELS.get(policy, policy)}",
-                        top, "rows/s", text, ""))
+                        top, "rows/s", text, "one Arrow record batch per turn (pyarrow)"))
+    for policy, by_size in (r.get("journal_rows_per_s") or {}).items():
+        text = ", ".join(f"{int(s):,}: {_si(by_size.get(str(s)))}" for s in sizes)
+        top = by_size.get(str(max(sizes))) if sizes else None
+        out.append(_row("audit", f"journal rows/s by events per turn, "
+                                 f"{POLICY_LABELS.get(policy, policy)}",
+                        top, "rows/s", text, "one record, one write(2) per turn"))
+    c = r.get("compactor_rows_per_s") or {}
+    if c:
+        text = ", ".join(f"{int(s):,}: {_si(c.get(str(s)))}" for s in sizes)
+        out.append(_row("audit", "compactor rows/s by events per turn", c.get(str(max(sizes))),
+                        "rows/s", text, "journal -> Arrow file, fsync + rename"))
+    b = r.get("bytes_per_decision") or {}
+    for key in ("journal", "compacted", "arrow_per_turn"):
+        if b.get(key):
+            text = ", ".join(f"{int(s):,}: {_f(b[key].get(str(s)))}" for s in sizes)
+            out.append(_row("audit", f"bytes on disk per decision, {key.replace('_', ' ')}",
+                            b[key].get(str(min(sizes))) if sizes else None, "bytes", text,
+                            "by events per turn"))
     return out
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def _memory(r: dict) -> list[dict]:

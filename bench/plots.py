@@ -11,7 +11,8 @@
 - `throughput.png` (peers suite, plus the engine suite's sustained rates): events/s per
   implementation, in-process batch routing and end to end over ZeroMQ;
 - `core_scaling.png` (core suite): events/s and time per call against events per call;
-- `audit.png` (audit suite): audit rows/s against rows per batch, per fsync policy;
+- `audit.png` (audit suite): journal and Arrow-per-turn rows/s against events per turn, per
+  fsync policy;
 - `memory.png` (memory suite): resident memory and table sizes with the big manifest.
 
 `where` is a directory (created) unless its last part ends with '-', '_' or '.', in which case
@@ -300,23 +301,27 @@ def audit(r: dict, where: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(9, 4.8))
     colours = {"off": "#2ca02c", "1s": "#1f77b4", "every_batch": "#d62728"}
-    for policy in (r.get("params") or {}).get("policies", list(colours)):
-        mine = sorted((x for x in runs if x["policy"] == policy), key=lambda x: x["batch"])
+    for policy, writer in [(p, w) for p in (r.get("params") or {}).get("policies", list(colours))
+                           for w in ("journal", "arrow")]:
+        mine = sorted((x for x in runs if x["policy"] == policy
+                       and x.get("writer", "arrow") == writer), key=lambda x: x["batch"])
         if not mine:
             continue
         xs, ys = [x["batch"] for x in mine], [x["rows_per_s"] for x in mine]
-        ax.plot(xs, ys, "o-", color=colours.get(policy), label=POLICY_LABELS.get(policy, policy))
-        if policy == "1s":              # between the other two: its labels would collide
+        ax.plot(xs, ys, "o-" if writer == "journal" else "s--", color=colours.get(policy),
+                label=f"{'journal' if writer == 'journal' else 'Arrow per turn'}, "
+                      f"{POLICY_LABELS.get(policy, policy)}")
+        if policy == "1s" or writer == "arrow":     # their labels would collide
             continue
         dy = 6 if policy == "off" else -13
         for x, y in zip(xs, ys):
             ax.annotate(_si(y), (x, y), textcoords="offset points", xytext=(0, dy), ha="center",
                         fontsize=7, color=colours.get(policy))
     _log_axes(ax, sorted({x["batch"] for x in runs}), _SI)
-    ax.set_xlabel("rows per write_decisions call (log)")
+    ax.set_xlabel("events per turn (log)")
     ax.set_ylabel("rows per second (log)")
     fs = r.get("filesystem") or {}
-    ax.set_title(f"Arrow audit (engine schema): rows/s by batch size, fsync policies "
+    ax.set_title(f"Audit journal vs one Arrow batch per turn: rows/s, fsync policies "
                  f"({fs.get('type', '?')} on {fs.get('device', '?')})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

@@ -138,7 +138,8 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
     fmt = load_format(preset)
     audit = Path(audit_dir).resolve()
     audit.mkdir(parents=True, exist_ok=True)
-    engine = EngineProcess(audit, plan_path, audit / "engine.log")
+    # the audit directory holds audit data only: the engine's log goes beside it
+    engine = EngineProcess(audit, plan_path, audit.parent / f"{audit.name}-engine.log")
     registry, loopback = Registry(), LoopBack()
     output = TcpTelegramOutput(fmt, "127.0.0.1", 0, listen=True)
     driver = ScannerDriver(fmt, scanner_id=1, engine_endpoint=engine.endpoints["scans"],

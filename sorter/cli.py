@@ -22,6 +22,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Sequence
 
+from sorter.audit import cli as audit_cli
 from sorter.engine import cli as engine_cli
 from sorter.plan import cli as plan_cli
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     plan_cli.add_parsers(subparsers)
     engine_cli.add_parsers(subparsers)
+    audit_cli.add_parsers(subparsers)
     for ep in _registered_commands():
         ep.load()(subparsers)
     return parser

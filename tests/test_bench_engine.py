@@ -186,10 +186,6 @@ def test_cost_model_measures_every_stage(tmp_path):
         assert row["total"] > 0 and row["audit"] > 0 and row["turn"] > 0
         assert row["total"] >= row["turn"] + row["audit"] + row["send"]
     assert "per_message_us" in cm and len(cm["audit_fsync_us"]) == 3
-    from sorter.engine.zmq_native import libzmq_symbols
-    if libzmq_symbols() is not None:            # the compiled loop decided every message
-        assert cm["line"]["turns"] == 2000 and len(cm["line"]["samples"]) == 3
-        assert cm["line"]["cpu_us_per_turn"] > 0
 
 
 def test_engine_figures_and_latency_plot(engine_run, tmp_path):

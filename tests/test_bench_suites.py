@@ -87,7 +87,11 @@ def test_audit_suite_counts_rows_back(tmp_path):
                  "0.05", "--pool", "2000", "--dir", str(tmp_path / "scratch")]) == 0
     r = json.loads(out.read_text())
     assert r["ok"] is True and r["params"]["policies"] == ["off", "1s", "every_batch"]
-    assert len(r["runs"]) == 6
+    assert len(r["runs"]) == 12                          # journal and Arrow per turn
+    assert {x["writer"] for x in r["runs"]} == {"journal", "arrow"}
+    assert set(r["journal_rows_per_s"]["1s"]) == {"1", "256"}
+    assert all(v > 0 for v in r["compactor_rows_per_s"].values())
+    assert 0 < r["bytes_per_decision"]["journal"]["256"] < r["bytes_per_decision"]["arrow_per_turn"]["1"]
     for row in r["runs"]:
         assert row["rows"] > 0 and row["rows_read_back"] == row["rows"]
         assert row["rows_per_s"] > 0 and row["bytes_per_row"] > 0

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sorter import wire
-from sorter.audit import audit_files, read_audit, recover
+from sorter.audit import audit_files, read_audit
 from sorter.core.codes import REASONS
 from sorter.core.events import EventBatch
 from sorter.plan import DEFAULT_PLAN, load_plan
@@ -245,7 +245,11 @@ def test_plan_hot_reload_under_load_routes_each_batch_by_one_plan(engine, tmp_pa
 
 # -- audit and shutdown -------------------------------------------------------------------------------
 
-def test_sigkill_mid_stream_every_sent_decision_is_in_the_audit(engine):
+def test_sigkill_mid_stream_every_sent_decision_is_in_the_audit(tmp_path):
+    """SIGKILL mid-stream: every decision the PLC side received is in the audit, read from
+    the journal at once, and in the compacted Arrow files after a restart (which recovers the
+    journal, compacts it and continues decision_seq after the highest on disk)."""
+    engine = EngineProcess(tmp_path)
     received = []
     stop = threading.Event()
 
@@ -275,15 +279,50 @@ def test_sigkill_mid_stream_every_sent_decision_is_in_the_audit(engine):
     finally:
         stop.set()
         sender.join()
-    audited = set(read_audit(engine.audit_dir).column("decision_seq").to_pylist())
-    assert set(received) <= audited
-    recover(engine.audit_dir)
+        engine.kill()
+    # through the journal, before any recovery
+    assert set(received) <= set(read_audit(engine.audit_dir).column("decision_seq").to_pylist())
+    top = max(read_audit(engine.audit_dir).column("decision_seq").to_pylist())
+    # a restart recovers and compacts; numbering continues after the highest on disk
+    again = EngineProcess(tmp_path)
+    try:
+        assert again.control("status")["decision_seq"] == top
+        again.send_scans([[b"050010"]], first_parcel=10**9)
+        assert flatten(again.receive_decisions(1))["decision_seq"].tolist() == [top + 1]
+        assert again.stop() == 0
+    finally:
+        again.kill()
+    assert not list((engine.audit_dir / "_journal").glob("*.wal"))       # all compacted
     files = audit_files(engine.audit_dir)
     assert files
     for f in files:
         ipc.open_file(f).read_all()
     table = ds.dataset(engine.audit_dir, format="arrow", partitioning="hive").to_table()
-    assert set(received) <= set(table.column("decision_seq").to_pylist())
+    seqs = table.column("decision_seq").to_pylist()
+    assert set(received) <= set(seqs)
+    assert len(seqs) == len(set(seqs)) and sorted(seqs) == list(range(1, top + 2))
+
+
+def test_second_engine_on_a_locked_audit_dir_exits_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from engine_harness import ROOT
+    from sorter.engine.launch import engine_command, env_with_path
+
+    engine = EngineProcess(tmp_path)
+    try:
+        proc = subprocess.run(engine_command(engine.audit_dir, metrics=""), cwd=tmp_path,
+                              env=env_with_path(ROOT), capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use by another engine" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+        engine.send_scans([[b"050010"]])
+        assert len(flatten(engine.receive_decisions(1))["decision_seq"]) == 1  # still serving
+    finally:
+        engine.kill()
 
 
 def test_sigterm_drains_closes_files_and_exits_0(tmp_path):
@@ -294,9 +333,10 @@ def test_sigterm_drains_closes_files_and_exits_0(tmp_path):
         got = flatten(engine.receive_decisions(1000))
         assert engine.stop(signal.SIGTERM) == 0
         assert any(e.get("event") == "shutdown" for e in engine.log)
-        # sealed files: readable as Arrow files without recovery, nothing left in progress
+        # compacted at the stop: Arrow files only, nothing left in the journal or in progress
         files = sorted(engine.audit_dir.rglob("*.arrow*"))
         assert files and all(f.suffix == ".arrow" and not f.name.startswith("_") for f in files)
+        assert [p.name for p in (engine.audit_dir / "_journal").iterdir()] == ["lock"]
         table = ds.dataset(engine.audit_dir, format="arrow", partitioning="hive").to_table()
         assert sorted(table.column("parcel_id").to_pylist()) == sorted(got["parcel_id"].tolist())
         assert set(table.column("reason").to_pylist()) == {"sorted"}
@@ -332,3 +372,38 @@ def test_prometheus_endpoint(engine):
     assert 'sorter_decisions_total{reason="sorted"} 1.0' in text
     assert 'sorter_decisions_total{reason="no_read"} 1.0' in text
     assert "sorter_scan_to_decision_seconds_bucket" in text
+
+
+def test_compacted_files_appear_within_ten_seconds_while_the_engine_runs(tmp_path):
+    """Default settings: the decisions reach an Arrow file within 10 s (segment sealed after
+    compact_s = 5 s, then the compactor process), while the engine keeps running."""
+    engine = EngineProcess(tmp_path)
+    try:
+        engine.send_scans([[b"050010"], []])
+        engine.receive_decisions(2)
+        sent = time.monotonic()
+        while not audit_files(engine.audit_dir) and time.monotonic() - sent < 10:
+            time.sleep(0.1)
+        files = audit_files(engine.audit_dir)
+        assert files, "no compacted file within 10 s"
+        table = ds.dataset(engine.audit_dir, format="arrow", partitioning="hive").to_table()
+        assert sorted(table.column("decision_seq").to_pylist()) == [1, 2]
+        assert engine.control("status")["ok"]
+    finally:
+        engine.kill()
+
+
+def test_log_file_gets_the_log_and_the_audit_dir_holds_audit_data_only(tmp_path):
+    log_file = tmp_path / "logs" / "engine.jsonl"
+    log_file.parent.mkdir()
+    engine = EngineProcess(tmp_path, "--log-file", str(log_file))
+    try:
+        engine.send_scans([[b"050010"]])
+        engine.receive_decisions(1)
+        assert engine.stop() == 0
+    finally:
+        engine.kill()
+    events = [__import__("json").loads(x)["event"] for x in log_file.read_text().splitlines()]
+    assert "ready" in events and events[-1] == "shutdown"
+    names = {p.name for p in engine.audit_dir.rglob("*") if p.is_file()}
+    assert names == {"lock"} | {f.name for f in audit_files(engine.audit_dir)}

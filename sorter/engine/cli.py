@@ -29,8 +29,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         control=args.control, metrics=args.metrics, audit_dir=args.audit_dir,
         deadline_ms=args.deadline_ms, batch_max=args.batch_max,
         fsync_interval_s=args.fsync_interval, log_level=args.log_level,
-        native_io=args.native_io)
+        native_io=args.native_io, log_file=getattr(args, "log_file", None))
     return run(config)
+
+
+def _fsync_interval(text: str) -> float:
+    """Seconds, or `each` (= 0: fsync every journal record before its decision is sent)."""
+    return 0.0 if text.strip().lower() == "each" else float(text)
 
 
 def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,9 +58,13 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="scans older than this are decided `late` (0 disables)")
     p.add_argument("--batch-max", type=int, default=None, metavar="N",
                    help="events per core call, at most")
-    p.add_argument("--fsync-interval", type=float, default=None, metavar="S",
-                   help="fsync the audit at most every S seconds (0: every batch)")
+    p.add_argument("--fsync-interval", type=_fsync_interval, default=None, metavar="S",
+                   help="fsync the audit journal every S seconds (default 1; 0 or 'each': "
+                        "every record, before its decision is sent)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-file", default=None, metavar="PATH",
+                   help="also append the JSON log lines here (they always go to stderr; keep "
+                        "it out of the audit directory, which holds audit data only)")
     p.add_argument("--native-io", action=argparse.BooleanOptionalAction, default=None,
                    help="drain scans and send decisions through libzmq's C API when pyzmq's "
                         "libzmq is found (default), or through pyzmq")

@@ -31,16 +31,20 @@ class EngineConfig:
     rotate_mb: float = 256.0
     rotate_s: float = 3600.0
     log_level: str = "INFO"
+    log_file: str | None = None                   # engine log also appended here (not the audit dir)
+    segment_mb: float = 64.0                      # audit journal segment size (preallocated)
+    compact_s: float = 5.0                        # seal a journal segment for compaction after S s
 
     def with_overrides(self, **overrides) -> "EngineConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 SECTIONS = {
-    "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level"},
+    "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level",
+               "log_file"},
     "endpoints": {"scans", "decisions", "feedback", "control", "metrics"},
     "zmq": {"rcvhwm", "sndhwm", "linger_ms", "native_io"},
-    "audit": {"dir", "fsync_interval_s", "rotate_mb", "rotate_s"},
+    "audit": {"dir", "fsync_interval_s", "rotate_mb", "rotate_s", "segment_mb", "compact_s"},
 }
 
 

@@ -95,6 +95,8 @@ class Control:
             "uptime_s": round(time.time() - engine.started, 3),
             "endpoints": engine.endpoints,
             "chutes_unavailable": unavailable,
+            "audit_unavailable": engine.audit_unavailable,
+            "decisions_withheld": engine.decisions_withheld,
             "counters": engine.metrics.snapshot(),
         }
 

@@ -1,10 +1,12 @@
 """The engine process: scan events in over ZeroMQ, decisions out, every decision audited.
 
-One thread owns every socket and the router, so a batch is routed, audited and sent without
+One thread owns every socket and the router, so a batch is routed, journaled and sent without
 locks. The loop drains what is queued (up to `batch_max` events), never waits to fill a batch,
 and applies PLC feedback and control requests between batches: chute states and plan swaps
-take effect at batch boundaries. Write-before-send: a decision reaches the audit file (the OS)
-before it reaches the PLC socket. docs/engine.md describes sockets, settings and behaviour.
+take effect at batch boundaries. Write-before-send: a turn's record reaches the audit journal
+(the OS) before its DECISION message reaches the PLC socket; a decision that could not be
+journaled is withheld. The compactor thread turns the journal into Arrow files behind the
+engine. docs/engine.md describes sockets, settings and behaviour.
 """
 from __future__ import annotations
 
@@ -18,16 +20,16 @@ import time
 from dataclasses import asdict
 
 import numpy as np
-import pyarrow as pa
 import zmq
 
-from sorter.engine import _scanloop, _turn
+from sorter.engine import _turn
 from sorter import wire
-from sorter.audit import AuditWriter, recover
+from sorter.audit import AuditLocked, journal
+from sorter.audit.compactor import Compactor
+from sorter.audit.files import last_decision_seq
 from sorter.core.codes import REASONS
 from sorter.engine.config import EngineConfig
 from sorter.engine.control import Control
-from sorter.core.events import Decisions, arrow_offsets_data
 from sorter.engine.metrics import EngineMetrics
 from sorter.plan import Plan, PlanError, load_plan
 from sorter.core.router import Router
@@ -44,11 +46,16 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
+def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
+    """JSON lines on stderr, and also appended to `log_file` if given (never into the audit
+    directory: it holds audit data only)."""
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger("sorter")
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     root.propagate = False
 
@@ -70,28 +77,29 @@ class Engine:
         self.started = time.time()
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
-        self._use_plan_tables(self.plan)
         self.control_handler = Control(self)    # the JSON requests of the control socket
         self._ctx: zmq.Context | None = None
-        self._loop_file = False                # the compiled loop asked for an audit file
-        self.audit: AuditWriter | None = None
+        self.journal: journal.JournalWriter | None = None
+        self.compactor: Compactor | None = None
+        self._lock_fd: int | None = None
+        self.audit_unavailable = False          # the journal cannot be written: withholding
+        self.decisions_withheld = 0             # decisions not made: could not be journaled
+        self._last_retry = 0.0
         self._metrics_server = None
         self._last_heartbeat = 0.0
         self._last_fold = 0.0
-        # route + audit message + DECISION message + counting of one batch, in one C call
-        self._turn = _turn.EngineTurn(capacity=min(config.batch_max, 1 << 16))
         self._limits = wire.Limits(max_frame=config.max_frame)
         self._deadline_ns = int(config.deadline_ms * 1e6)
+        # route + DECISION message + counting of one batch, in one C call
+        self._turn = _turn.BatchDecider(capacity=min(config.batch_max, 1 << 16))
+        self._use_plan_tables(self.plan)
 
     # -- setup and teardown -----------------------------------------------------------------
     def bind(self) -> dict[str, str]:
-        """Open the audit and bind every socket; returns the actual endpoints."""
+        """Open the audit and bind every socket; returns the actual endpoints. Raises
+        AuditLocked when another engine holds the audit directory."""
         c = self.config
-        recovered = recover(c.audit_dir)
-        if recovered:
-            _log(logging.WARNING, "audit recovered", files=[str(p) for p in recovered])
-        self.audit = AuditWriter(c.audit_dir, rotate_bytes=int(c.rotate_mb * 1024 * 1024),
-                                 rotate_seconds=c.rotate_s, fsync_interval_s=c.fsync_interval_s)
+        self.open_audit()
         self._ctx = zmq.Context()
         self.scans = self._socket(zmq.PULL, c.scans, "scans", rcvhwm=c.rcvhwm)
         self.decisions = self._socket(zmq.PUSH, c.decisions, "decisions", sndhwm=c.sndhwm)
@@ -100,19 +108,6 @@ class Engine:
         self.poller = zmq.Poller()
         for s in (self.scans, self.feedback, self.control):
             self.poller.register(s, zmq.POLLIN)
-        # drain and send through libzmq's C API when pyzmq's libzmq can be found (else None)
-        self._native_scans = self._native_decisions = self._loop = None
-        if c.native_io:
-            from sorter.engine.zmq_native import libzmq_symbols, native_socket
-            self._native_scans = native_socket(self.scans)
-            if self._native_scans is not None:
-                self._native_decisions = native_socket(self.decisions)
-                # the scan turns themselves in C (sorter.engine._scanloop), over the same libzmq
-                self._loop = _scanloop.ScanLoop(
-                    self.scans, self.decisions, self.feedback, self.control, libzmq_symbols(),
-                    self._turn, batch_max=c.batch_max, max_frame=self._limits.max_frame,
-                    max_records=self._limits.max_records, max_reads=self._limits.max_reads,
-                    max_read_len=self._limits.max_read_len)
         if c.metrics:
             self.endpoints["metrics"] = self._start_metrics(c.metrics)
         # The plan, tables and modules live for the whole run: keep them out of every
@@ -120,6 +115,27 @@ class Engine:
         gc.collect()
         gc.freeze()
         return self.endpoints
+
+    def open_audit(self) -> None:
+        """Lock the audit directory, recover the journal (torn tails cut, open segments
+        sealed), continue decision_seq from the highest on disk, start the compactor and the
+        journal writer."""
+        c = self.config
+        self._lock_fd = journal.lock_directory(c.audit_dir)
+        recovered = journal.recover(c.audit_dir)
+        self.decision_seq = max(recovered.last_decision_seq, last_decision_seq(c.audit_dir))
+        if recovered.sealed or recovered.torn:
+            _log(logging.WARNING, "audit recovered", segments=[str(p) for p in recovered.sealed],
+                 torn_tails=len(recovered.torn),
+                 torn=[{"segment": str(p), "offset": o, "problem": w} for p, o, w in recovered.torn],
+                 decision_seq=self.decision_seq)
+        self.audit_torn_tails = len(recovered.torn)
+        self.compactor = Compactor(c.audit_dir, interval_s=1.0, process=True).start()
+        self.journal = journal.JournalWriter(
+            c.audit_dir, segment_bytes=int(getattr(c, "segment_mb", 64.0) * (1 << 20)),
+            seal_after_s=getattr(c, "compact_s", 5.0), fsync_interval_s=c.fsync_interval_s,
+            on_seal=self.compactor.wake, lock_fd=self._lock_fd)
+        self.journal.set_plan(time.time_ns(), self.plan.version, self._names)
 
     def _socket(self, kind: int, endpoint: str, name: str, *, rcvhwm: int = 0,
                 sndhwm: int = 0) -> zmq.Socket:
@@ -144,6 +160,12 @@ class Engine:
             "sorter_decision_seq": ("Last decision sequence number", lambda: self.decision_seq),
             "sorter_chutes_unavailable": (
                 "Chutes disabled or full", lambda: int((self.router.core.chute_states() != 0).sum())),
+            "sorter_audit_unavailable": (
+                "1 while the audit journal cannot be written (decisions withheld)",
+                lambda: int(self.audit_unavailable)),
+            "sorter_decisions_withheld": (
+                "Decisions withheld because they could not be journaled (total)",
+                lambda: self.decisions_withheld),
         }))
         host, _, port = address.rpartition(":")
         server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
@@ -158,31 +180,43 @@ class Engine:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def close(self) -> None:
-        """Drain what is already queued, close the audit, close sockets, terminate."""
-        if self._ctx is None:
-            return
-        if self._loop is not None and self._loop.pending:
-            self._route_frames(*self._loop.take_frames())
-        while self._route_queued():
-            pass
-        self._fold_metrics()
-        self.audit.close()
-        self.decisions.setsockopt(zmq.LINGER, self.config.linger_ms)
-        for s in (self.scans, self.feedback, self.control, self.decisions):
-            s.close()
-        self._ctx.term()
-        self._ctx = None
-        self.control_handler.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-        _log(logging.INFO, "shutdown", decision_seq=self.decision_seq, **self.metrics.snapshot())
+        """Drain what is already queued, seal the journal, compact it, close sockets,
+        terminate, release the audit directory."""
+        if self._ctx is not None:
+            while self._route_queued():
+                pass
+            self._fold_metrics()
+            self.decisions.setsockopt(zmq.LINGER, self.config.linger_ms)
+            for s in (self.scans, self.feedback, self.control, self.decisions):
+                s.close()
+            self._ctx.term()
+            self._ctx = None
+            self.control_handler.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+        self.close_audit()
+        _log(logging.INFO, "shutdown", decision_seq=self.decision_seq,
+             decisions_withheld=self.decisions_withheld, **self.metrics.snapshot())
+
+    def close_audit(self) -> None:
+        """Seal the journal, compact what it holds (a clean stop leaves only Arrow files),
+        then release the directory's lock."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        if self.compactor is not None:
+            self.compactor.stop(finish=True)
+            self.compactor = None
+        if self._lock_fd is not None:
+            import os
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> None:
         _log(logging.INFO, "ready", endpoints=self.endpoints, plan=self.plan.name,
-             io="native" if self._native_scans is not None else "pyzmq",
-             loop="compiled" if self._loop is not None else "python",
-             plan_version=self.plan.version, audit_dir=self.config.audit_dir,
+             io="pyzmq", loop="python", plan_version=self.plan.version,
+             audit_dir=self.config.audit_dir, decision_seq=self.decision_seq,
              config=asdict(self.config))
         try:
             while not self._stop.is_set():
@@ -194,71 +228,7 @@ class Engine:
         """One turn: feedback, then control, then scans; timers at most every 100 ms.
 
         A turn with one scan message is the common case at low rates and its cost is the
-        engine's added latency, so nothing else runs on it unless it is due. With native
-        I/O the scan turns run in C (`sorter.engine._scanloop`) until something needs Python."""
-        if self._loop is not None:
-            self._step_loop(timeout_ms)
-        else:
-            self._step_python(timeout_ms)
-        now = time.monotonic()
-        if now - self._last_fold < 0.1:
-            return
-        self._last_fold = now
-        self._fold_metrics()
-        self.audit.tick()           # seals a file whose time is up on a quiet line
-        if now - self._last_heartbeat >= 1.0:
-            self._last_heartbeat = now
-            try:
-                self.decisions.send(wire.encode_heartbeat(), zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-
-    def _step_loop(self, timeout_ms: int) -> None:
-        """Let the compiled loop turn until the timers are due (or 2 ms while a plan loads),
-        then do what it returned for: feedback and control, frames for the Python path
-        (malformed, not UTF-8), a new audit file, a metrics fold."""
-        loop = self._loop
-        now_ns, mono_ns = time.time_ns(), time.monotonic_ns()
-        until_mono_ns = max(mono_ns, int((self._last_fold + 0.1) * 1e9))   # _last_fold: s
-        if self.control_handler.loading:
-            until_mono_ns = min(until_mono_ns, mono_ns + 2_000_000)
-        loop.decision_seq, loop.batch_seq = self.decision_seq, self.batch_seq
-        # a file is opened only when the loop asked for one (no empty files on a quiet line)
-        loop.lend(*self.audit.lend(now_ns, self.decision_seq + 1, open_file=self._loop_file))
-        self._loop_file = False
-        try:
-            code = loop.run(self.router.core, self._version_bytes, self._name_offsets,
-                            self._name_data, self._deadline_ns, until_mono_ns, timeout_ms)
-        except BaseException as e:
-            self._settle_loop(failed=isinstance(e, OSError))
-            raise
-        self._settle_loop(failed=False)
-        if code == _scanloop.OTHER:
-            for sock, _ in self.poller.poll(0):
-                if sock is self.feedback:
-                    self._drain_feedback()
-                elif sock is self.control:
-                    self.control_handler.handle()
-        elif code == _scanloop.FALLBACK:
-            self._route_frames(*loop.take_frames())
-        elif code == _scanloop.AUDIT:
-            self._loop_file = True               # the next lend opens a file
-        elif code == _scanloop.COUNTS:
-            self._fold_metrics()
-        self.control_handler.finish_plan_load()
-
-    def _settle_loop(self, *, failed: bool) -> None:
-        """Take over what the compiled loop did: audit positions, sequences, counters."""
-        loop = self._loop
-        pos, blocks, rows, fsyncs = loop.take_audit()
-        self.audit.settle(pos, blocks, rows, fsyncs, failed=failed)
-        self.decision_seq, self.batch_seq = loop.decision_seq, loop.batch_seq
-        messages, undelivered = loop.take_counters()
-        self.metrics.messages += messages
-        if undelivered:
-            self._undelivered(undelivered)
-
-    def _step_python(self, timeout_ms: int) -> None:
+        engine's added latency, so nothing else runs on it unless it is due."""
         scans_ready = False
         for sock, _ in self.poller.poll(timeout_ms):
             if sock is self.scans:
@@ -270,19 +240,53 @@ class Engine:
         self.control_handler.finish_plan_load()
         if scans_ready:
             self._route_queued()
+        now = time.monotonic()
+        if now - self._last_fold < 0.1:
+            return
+        self._last_fold = now
+        self._fold_metrics()
+        if self.audit_unavailable:
+            if now - self._last_retry >= 1.0:
+                self._retry_audit(now)
+        else:
+            self.journal.tick()        # seals a segment whose time is up: the compactor's
+        if now - self._last_heartbeat >= 1.0:
+            self._last_heartbeat = now
+            try:
+                self.decisions.send(wire.encode_heartbeat(), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    # -- audit availability -----------------------------------------------------------------
+    def _audit_failed(self, error: OSError) -> None:
+        """A journal write failed: withhold decisions until a retry succeeds."""
+        if not self.audit_unavailable:
+            self.audit_unavailable = True
+            self._last_retry = time.monotonic()
+            _log(logging.ERROR, "audit unavailable: decisions withheld until the journal can "
+                 "be written", error=str(error), errno=error.errno,
+                 audit_dir=self.config.audit_dir, decision_seq=self.decision_seq)
+
+    def _retry_audit(self, now: float) -> None:
+        """Once a second while unavailable: open a new journal segment (its PLAN record
+        first); on success decisions resume."""
+        self._last_retry = now
+        try:
+            self.journal.probe()
+        except OSError:
+            return
+        self.audit_unavailable = False
+        _log(logging.WARNING, "audit available again: decisions resume",
+             decisions_withheld=self.decisions_withheld, decision_seq=self.decision_seq)
 
     def _route_queued(self) -> int:
-        """Drain up to batch_max queued events, route them, audit, send. Returns events.
-
-        Frames are received in one C loop through libzmq's C API (`native_io`), else by
-        pyzmq."""
-        frames, times = (self._native_scans.drain(self.config.batch_max)
-                         if self._native_scans is not None else self._drain_pyzmq())
+        """Drain up to batch_max queued events, route them, journal, send. Returns events."""
+        frames, times = self._drain_pyzmq()
         return self._route_frames(frames, times)
 
     def _route_frames(self, frames: list, times) -> int:
         """Decode received frames in one compiled call (a malformed frame is rejected alone
-        and audited), then route, audit and send their events. Returns events."""
+        and audited), then route, journal and send their events. Returns events."""
         if not frames:
             return 0
         self.metrics.messages += len(frames)
@@ -290,13 +294,17 @@ class Engine:
         if scans.errors:
             for index, error in scans.errors:
                 self._malformed(frames[index], error, int(times[index]))
-        if len(scans.seq) == 0:
+        n = len(scans.seq)
+        if n == 0:
             return 0
+        # the frames the events came from (journaled as they were received)
+        routed = frames if len(frames) == 1 else [
+            f for f, k in zip(frames, scans.counts.tolist()) if k]
         # receive time per event: one frame (the usual case) needs no per-event array
         recv_ns = int(times[0]) if len(frames) == 1 else (
             np.asarray(times, np.int64)[scans.frame_of_event()])
-        self._decide(scans.events, scans.seq, recv_ns)
-        return len(scans.seq)
+        self._decide(scans.events, scans.seq, routed, recv_ns)
+        return n
 
     def _drain_pyzmq(self) -> tuple[list[bytes], list[int]]:
         """The queued frames (up to batch_max events) and their receive times, by pyzmq. A
@@ -322,34 +330,32 @@ class Engine:
                 n += int.from_bytes(frame[4:8], "little") if len(frame) >= 8 else 0
         return frames, times
 
-    def _decide(self, batch, seq: np.ndarray, recv_ns) -> None:
-        """Route, audit, send one batch: the routing and both encodings in one compiled call
-        (`sorter.engine._turn`), then the audit write, then the send (write-before-send)."""
+    def _decide(self, batch, seq: np.ndarray, frames: list, recv_ns) -> None:
+        """Route, journal, send one batch: routing and the DECISION message in one compiled
+        call (`sorter.engine._turn`), then one journal record (one write(2)), then the send
+        (write-before-send). A batch that could not be journaled is withheld: no decision
+        number is used up and nothing is sent."""
         n = len(seq)
+        if self.audit_unavailable:
+            self.decisions_withheld += n
+            return
         now = time.time_ns()
         first = self.decision_seq + 1
-        self.batch_seq = (self.batch_seq + 1) & 0xFFFFFFFF
+        batch_seq = (self.batch_seq + 1) & 0xFFFFFFFF
         turn = self._turn
-        message = turn.run(self.router.core, batch.parcel_ids, batch.scanner_ids, batch.ts_ns,
-                           batch.recirculations, batch.event_offsets, batch.read_offsets,
-                           batch.data, seq, now, self._deadline_ns, first, self._version_bytes,
-                           self._name_offsets, self._name_data, self.batch_seq,
-                           self._limits.max_frame, self._limits.max_records)
+        message = turn.run(self.router.core, batch, seq, now, first, batch_seq)
+        try:
+            self.journal.append(journal.decisions_record(now, frames, message,
+                                                         turn.decisions()[2]))
+        except OSError as e:
+            self._audit_failed(e)
+            self.decisions_withheld += n
+            return
         self.decision_seq += n
-        if turn.audit_length >= 0:
-            self.audit.write_message(turn.encoder, n, first, now)
-        else:                                     # reads that are not UTF-8: pyarrow transcodes
-            self.audit.write_decisions(batch, seq, Decisions(*turn.decisions()), first,
-                                       self._names, self.router.plan.version, now)
-        if self._native_decisions is not None:
-            delivered = self._native_decisions.send(message)
-        else:
-            try:
-                self.decisions.send(message, zmq.NOBLOCK)
-                delivered = True
-            except zmq.Again:
-                delivered = False
-        if not delivered:
+        self.batch_seq = batch_seq
+        try:
+            self.decisions.send(message, zmq.NOBLOCK)
+        except zmq.Again:
             self._undelivered(n)
         # kept by the turn, folded into the histograms by the next timer turn
         sent = time.time_ns()
@@ -380,7 +386,12 @@ class Engine:
             self.metrics.malformed += 1
             by = self.metrics.malformed_by_error
             by[error.code] = by.get(error.code, 0) + 1
-        self.audit.write_malformed(frame, f"{error.code}: {error}", 0, now_ns)
+        if not self.audit_unavailable:
+            try:
+                self.journal.append(journal.malformed_record(now_ns, frame,
+                                                             f"{error.code}: {error}"))
+            except OSError as e:
+                self._audit_failed(e)
         if self.metrics.malformed <= 10 or self.metrics.malformed % 1000 == 0:
             _log(logging.WARNING, "malformed message", error=error.code, detail=str(error),
                  bytes=len(frame), count=self.metrics.malformed)
@@ -421,17 +432,21 @@ class Engine:
         self._use_plan_tables(plan)
 
     def _use_plan_tables(self, plan: Plan) -> None:
-        """What the audit and the DECISION messages need of a plan, made once per plan:
-        destination names by id (an Arrow array, which the audit caches, and its offsets and
-        bytes for the compiled turn) and the version as UTF-8."""
-        self._names = pa.array([d.name for d in plan.destinations], pa.string())
-        self._name_offsets, self._name_data = arrow_offsets_data(self._names)
-        self._version_bytes = plan.version.encode("utf-8")
+        """What the journal and the DECISION messages need of a plan, made once per plan:
+        the destination names by id (a PLAN record in the journal) and the version."""
+        self._names = [d.name for d in plan.destinations]
+        self._turn.configure(plan.version.encode("utf-8"), self._deadline_ns,
+                             self._limits.max_frame, self._limits.max_records)
+        if self.journal is not None:
+            try:
+                self.journal.set_plan(time.time_ns(), plan.version, self._names)
+            except OSError as e:
+                self._audit_failed(e)
 
 
 def run(config: EngineConfig) -> int:
     """`sorter run`: bind, serve until stopped, exit 0 after a clean drain."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, getattr(config, "log_file", None))
     try:
         engine = Engine(config)
     except PlanError as e:
@@ -441,9 +456,12 @@ def run(config: EngineConfig) -> int:
     engine.install_signal_handlers()
     try:
         engine.bind()
+    except AuditLocked as e:
+        print(f"sorter run: {e}", file=sys.stderr)       # one line, no traceback
+        return 1
     except zmq.ZMQError as e:
         _log(logging.ERROR, "cannot bind", error=str(e), endpoints=engine.endpoints)
-        engine.audit and engine.audit.close()
+        engine.close_audit()
         return 1
     _log(logging.INFO, "plan loaded", plan=engine.plan.name, plan_version=engine.plan.version,
          source=engine.plan.source)

@@ -1,0 +1,528 @@
+"""The audit's write-ahead journal: one record per engine turn, on disk before the decision is
+sent (the Kafka / PostgreSQL pattern; docs/audit.md "Journal").
+
+Why: an Arrow record batch per turn cost ~1.1 KB (896 bytes of it IPC metadata) and a
+hand-kept IPC encoder; a journal record is the turn's wire bytes plus a 16-byte header, written
+with one `write(2)`. The compactor (`sorter.audit.compactor`) turns sealed segments into Arrow
+files behind the engine.
+
+Layout::
+
+    <audit>/_journal/lock                       flock held by the live writer
+    <audit>/_journal/<segment id>.open          the segment being written
+    <audit>/_journal/<segment id>.wal           sealed segments, waiting for the compactor
+
+A segment is a file preallocated to `segment_bytes` (so writes into it never need new disk
+blocks), starting with a 32-byte header (`SEGMENT`) and then records, each a 16-byte header
+(`RECORD`: payload length, CRC32C of the rest of the header and the payload, kind, rows) and
+its payload. The zeroes after the last record end it (length 0). Segment ids are the creation
+time in ns, kept increasing, so they never repeat across restarts.
+
+Record kinds and payloads (little-endian):
+  PLAN (1)       i64 time, u16 + plan version (UTF-8), u32 n, n x (u16 + destination name):
+                 first in every segment, and again when a plan is swapped in
+  DECISIONS (2)  i64 decision time, u32 frames, u32 message length, frames x u32 frame length,
+                 the SCAN frames routed, the DECISION message as sent, rows x i32 destination
+                 index (-1 = none) into the PLAN's names
+  MALFORMED (3)  i64 time, u16 + error (UTF-8), the frame's raw bytes
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import crc32c as _crc32c
+import numpy as np
+
+from sorter.audit.files import AuditLocked
+
+__all__ = ["JournalWriter", "Record", "SegmentScan", "read_segment", "segments", "recover",
+           "PLAN", "DECISIONS", "MALFORMED", "JOURNAL_DIR"]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_DIR = "_journal"
+LOCK_NAME = "lock"
+OPEN_SUFFIX = ".open"
+SEALED_SUFFIX = ".wal"
+MAGIC = b"SORTJRN1"
+FORMAT_VERSION = 1
+
+SEGMENT = struct.Struct("<8sIIqq")          # magic, version, reserved, segment id, created ns
+RECORD = struct.Struct("<IIBBHI")           # length, crc32c, kind, reserved, reserved, rows
+PLAN, DECISIONS, MALFORMED = 1, 2, 3
+KINDS = {PLAN: "plan", DECISIONS: "decisions", MALFORMED: "malformed"}
+_DECISIONS_HEAD = struct.Struct("<qII")     # decision time, frames, message length
+_TIME_LEN = struct.Struct("<qH")            # time, then a u16 length
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+crc32c = _crc32c.crc32c                     # the `crc32c` package: hardware CRC32C (SSE4.2)
+
+
+def record_bytes(kind: int, rows: int, parts) -> bytes:
+    """One record: header (length, CRC32C, kind, rows) and the payload made of `parts`."""
+    payload = b"".join(parts)
+    tail = RECORD.pack(0, 0, kind, 0, 0, rows)[8:]
+    return RECORD.pack(len(payload), crc32c(payload, crc32c(tail)), kind, 0, 0, rows) + payload
+
+
+def plan_record(time_ns: int, version: str, names: list[str]) -> bytes:
+    v = version.encode("utf-8")
+    parts = [_TIME_LEN.pack(time_ns, len(v)), v, _U32.pack(len(names))]
+    for name in names:
+        b = name.encode("utf-8")
+        parts += [_U16.pack(len(b)), b]
+    return record_bytes(PLAN, 0, parts)
+
+
+def decisions_record(decision_ns: int, frames, message, destination: np.ndarray) -> bytes:
+    """The record of one turn: the SCAN frames routed, the DECISION message as sent and the
+    destination index of each decision (int32, one per decision)."""
+    rows = len(destination)
+    head = _DECISIONS_HEAD.pack(decision_ns, len(frames), len(message))
+    lengths = struct.pack(f"<{len(frames)}I", *map(len, frames))
+    return record_bytes(DECISIONS, rows,
+                        [head, lengths, *frames, message,
+                         np.ascontiguousarray(destination, "<i4").tobytes()])
+
+
+def malformed_record(time_ns: int, raw, error: str) -> bytes:
+    e = error.encode("utf-8")[:65535]
+    return record_bytes(MALFORMED, 1, [_TIME_LEN.pack(time_ns, len(e)), e, raw])
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass
+class Record:
+    """One journal record, decoded as far as the journal knows it (the wire bytes stay bytes:
+    the compactor decodes them)."""
+    kind: int
+    rows: int
+    offset: int                      # in the segment
+    time_ns: int
+    plan_version: str = ""           # PLAN
+    names: list[str] = field(default_factory=list)          # PLAN
+    frames: list[bytes] = field(default_factory=list)       # DECISIONS: SCAN frames
+    message: bytes = b""             # DECISIONS: the DECISION message as sent
+    destination: np.ndarray | None = None                   # DECISIONS: int32 per decision
+    raw: bytes = b""                 # MALFORMED
+    error: str = ""                  # MALFORMED
+
+
+@dataclass
+class SegmentScan:
+    """A segment read up to its end or its first bad record."""
+    path: Path
+    segment_id: int
+    records: list[Record]
+    end: int                         # offset after the last good record
+    torn: bool                       # stopped at a record whose length or CRC is wrong
+    problem: str = ""                # why it stopped early (torn) or could not be read
+
+
+def _decode(kind: int, rows: int, offset: int, p: memoryview) -> Record:
+    if kind == PLAN:
+        t, n = _TIME_LEN.unpack_from(p, 0)
+        at = _TIME_LEN.size
+        version = bytes(p[at:at + n]).decode("utf-8")
+        at += n
+        (count,) = _U32.unpack_from(p, at)
+        at += 4
+        names = []
+        for _ in range(count):
+            (k,) = _U16.unpack_from(p, at)
+            names.append(bytes(p[at + 2:at + 2 + k]).decode("utf-8"))
+            at += 2 + k
+        return Record(kind, rows, offset, t, plan_version=version, names=names)
+    if kind == DECISIONS:
+        t, n_frames, message_len = _DECISIONS_HEAD.unpack_from(p, 0)
+        at = _DECISIONS_HEAD.size
+        if n_frames == 1:                     # the usual turn: one SCAN frame
+            (k,) = _U32.unpack_from(p, at)
+            at += 4
+            frames = [p[at:at + k]]
+            at += k
+        else:
+            lengths = struct.unpack_from(f"<{n_frames}I", p, at)
+            at += 4 * n_frames
+            frames = []
+            for k in lengths:
+                frames.append(p[at:at + k])
+                at += k
+        message = p[at:at + message_len]
+        at += message_len
+        if at + 4 * rows != len(p):
+            raise ValueError("decisions record: lengths do not add up")
+        dest = np.frombuffer(p, "<i4", rows, at) if rows else np.empty(0, np.int32)
+        return Record(kind, rows, offset, t, frames=frames, message=message, destination=dest)
+    if kind == MALFORMED:
+        t, n = _TIME_LEN.unpack_from(p, 0)
+        at = _TIME_LEN.size
+        error = bytes(p[at:at + n]).decode("utf-8", "replace")
+        return Record(kind, rows, offset, t, raw=bytes(p[at + n:]), error=error)
+    raise ValueError(f"unknown record kind {kind}")
+
+
+def read_segment(path) -> SegmentScan:
+    """Every good record of a segment, in order, up to the end (zeroes) or the first record
+    whose length runs past the file or whose CRC32C does not match (a torn tail)."""
+    path = Path(path)
+    data = _read_used(path)
+    view = memoryview(data)
+    sid = _segment_id(path)
+    if len(data) < SEGMENT.size:
+        return SegmentScan(path, sid, [], 0, len(data) > 0, "shorter than a segment header")
+    magic, version, _, stored_id, _ = SEGMENT.unpack_from(view, 0)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        return SegmentScan(path, sid, [], 0, True, "not a journal segment (bad magic or version)")
+    records, at, size = [], SEGMENT.size, len(data)
+    while at + RECORD.size <= size:
+        length, crc, kind, _, _, rows = RECORD.unpack_from(view, at)
+        if length == 0 and crc == 0 and kind == 0:
+            return SegmentScan(path, sid, records, at, False)
+        end = at + RECORD.size + length
+        if end > size or crc32c(view[at + RECORD.size:end], crc32c(view[at + 8:at + 16])) != crc:
+            return SegmentScan(path, sid, records, at, True,
+                               f"bad record at offset {at}: length or CRC32C mismatch")
+        try:
+            records.append(_decode(kind, rows, at, view[at + RECORD.size:end]))
+        except (ValueError, struct.error, UnicodeDecodeError) as e:
+            return SegmentScan(path, sid, records, at, True, f"bad record at offset {at}: {e}")
+        at = end
+    # a segment filled to its last byte, or a torn header in its last 16 bytes
+    torn = any(view[at:])
+    return SegmentScan(path, sid, records, at, torn,
+                       f"bad record at offset {at}: truncated header" if torn else "")
+
+
+def _read_used(path: Path) -> bytes:
+    """The bytes of a segment up to its last record: read in 1 MiB steps until a step ends
+    in zeroes (a preallocated segment is mostly zeroes the reader need not copy)."""
+    out = bytearray()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            out += chunk
+            if len(chunk) < 1 << 20 or not any(chunk[-RECORD.size:]) and _zero_tail(chunk):
+                break
+    return bytes(out)
+
+
+def _zero_tail(chunk: bytes) -> bool:
+    """Whether the last 64 KiB of a chunk are all zeroes (no record ends near the end)."""
+    tail = chunk[-(64 << 10):]
+    return tail.count(0) == len(tail)
+
+
+def _segment_id(path: Path) -> int:
+    try:
+        return int(path.name.split(".")[0])
+    except ValueError:
+        return -1
+
+
+def journal_dir(directory) -> Path:
+    return Path(directory) / JOURNAL_DIR
+
+
+def segments(directory, *, include_open: bool = True) -> list[Path]:
+    """The journal's segments, oldest first: sealed ones and (if asked) the open one."""
+    d = journal_dir(directory)
+    if not d.is_dir():
+        return []
+    suffixes = (SEALED_SUFFIX, OPEN_SUFFIX) if include_open else (SEALED_SUFFIX,)
+    found = [p for p in d.iterdir() if p.suffix in suffixes and _segment_id(p) >= 0]
+    return sorted(found, key=_segment_id)
+
+
+# --------------------------------------------------------------------------------------------
+# locking and recovery
+
+
+def lock_directory(directory) -> int:
+    """Take the audit directory's lock (flock on _journal/lock); AuditLocked if another live
+    process holds it. Returns the lock's descriptor (closing it releases the lock)."""
+    d = journal_dir(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise AuditLocked(f"{Path(directory)}: the audit directory is in use by another "
+                              f"engine (lock {d / LOCK_NAME})") from None
+        raise
+    return fd
+
+
+@dataclass
+class Recovered:
+    """What `recover` found: segments sealed, torn tails cut, the last decision_seq."""
+    sealed: list[Path]
+    torn: list[tuple[Path, int, str]]         # (segment, offset cut at, why)
+    last_decision_seq: int
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: its entries (a new or renamed file) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(directory) -> Recovered:
+    """At start, with the lock held: seal what a crash left open, cutting a torn tail (the
+    bytes from the first bad record on are zeroed, counted and logged, never fatal), and find
+    the highest decision_seq in the journal. Idempotent."""
+    from sorter.wire import decode_decisions
+
+    sealed, torn, last = [], [], 0
+    for path in segments(directory):
+        scan = read_segment(path)
+        if scan.torn:
+            with open(path, "r+b") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                if scan.end >= SEGMENT.size:
+                    f.seek(scan.end)
+                    f.write(bytes(size - scan.end))
+                    f.flush()
+                    os.fsync(f.fileno())
+            torn.append((path, scan.end, scan.problem))
+            log.warning("audit journal torn tail cut", extra={"fields": {
+                "segment": str(path), "offset": scan.end, "problem": scan.problem}})
+        for r in scan.records:
+            if r.kind == DECISIONS and r.rows:
+                last = max(last, int(decode_decisions(r.message).decision_seq[-1]))
+        if path.suffix == OPEN_SUFFIX:
+            target = path.with_suffix(SEALED_SUFFIX)
+            os.rename(path, target)
+            sealed.append(target)
+    if sealed:
+        fsync_dir(journal_dir(directory))
+    return Recovered(sealed, torn, last)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+class JournalWriter:
+    """Appends records to the open segment with one write(2) each; seals segments when full
+    or when `seal_after_s` has passed (so the compactor sees them within seconds).
+
+    Not thread-safe: one caller (the engine's thread) appends. fsync policy as the audit's has
+    always been: `fsync_interval_s` 0 fsyncs (fdatasync) every record before `append`
+    returns; x > 0 has a thread fdatasync the segment every x seconds when something was
+    written; None never fsyncs (the OS writes back). Any OSError of a write is raised to the
+    caller, which must not send that decision; the segment is then sealed at its last good
+    record and the next append starts a new one."""
+
+    def __init__(self, directory, *, segment_bytes: int = 64 << 20, seal_after_s: float = 5.0,
+                 fsync_interval_s: float | None = 1.0, on_seal=None, clock=time.time_ns,
+                 lock_fd: int | None = None):
+        self.directory = Path(directory)
+        self.dir = journal_dir(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._own_lock = lock_fd is None           # a lock taken here is released by close()
+        self._lock_fd = lock_directory(directory) if lock_fd is None else lock_fd
+        self.segment_bytes = max(int(segment_bytes), 4096)
+        self.seal_after_ns = None if seal_after_s is None else int(seal_after_s * 1e9)
+        self.fsync_interval_s = fsync_interval_s
+        self.on_seal = on_seal
+        self.clock = clock
+        self._fd = -1
+        self._path: Path | None = None
+        self._pos = 0
+        self._size = 0
+        self._opened_ns = 0
+        self._last_id = 0
+        self._plan: bytes | None = None          # the PLAN record every segment starts with
+        self.records = 0
+        self.bytes_written = 0
+        self.fsyncs = 0
+        self._dirty = False
+        self._lock = threading.Lock()            # the fsync thread's view of the segment
+        self._to_close: list[int] = []
+        self._stop = threading.Event()
+        self._thread = None
+        if fsync_interval_s is not None and fsync_interval_s > 0:
+            self._thread = threading.Thread(target=self._run, name="audit-fsync", daemon=True)
+            self._thread.start()
+
+    @property
+    def path(self) -> Path | None:
+        """The open segment, or None."""
+        return self._path
+
+    def set_plan(self, time_ns: int, version: str, names: list[str]) -> None:
+        """The plan the next decisions are made by: a PLAN record now (and first in every new
+        segment), so the compactor knows the version and the destination names."""
+        self._plan = plan_record(time_ns, version, names)
+        if self._fd >= 0:
+            self.append(self._plan)
+
+    def append(self, record: bytes) -> None:
+        """Write one record (from `decisions_record` etc.) with one write(2). Raises OSError
+        (nothing is then appended: the caller must withhold what it was about to send)."""
+        if self._fd < 0 or self._pos + len(record) > self._size:
+            self._next_segment(len(record))
+        try:
+            n = os.pwrite(self._fd, record, self._pos)
+            while n < len(record):                    # regular files: short only on error
+                k = os.pwrite(self._fd, memoryview(record)[n:], self._pos + n)
+                if k <= 0:
+                    raise OSError(errno.EIO, "short write to the audit journal")
+                n += k
+            if self.fsync_interval_s == 0:
+                os.fdatasync(self._fd)
+                self.fsyncs += 1
+        except OSError:
+            self._seal(failed=True)
+            raise
+        self._pos += len(record)
+        self.records += 1
+        self.bytes_written += len(record)
+        self._dirty = True
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Seal the open segment when it has records and is older than `seal_after_s` (call
+        it from the engine's timer turn)."""
+        if self._fd < 0 or self.seal_after_ns is None:
+            return
+        now = self.clock() if now_ns is None else now_ns
+        if now - self._opened_ns >= self.seal_after_ns and self.records_in_segment():
+            self._seal()
+
+    def probe(self) -> None:
+        """Open a new segment now (after a failure: can the journal be written again?).
+        Raises OSError while it cannot."""
+        self._next_segment(0)
+
+    @property
+    def ready(self) -> bool:
+        """A segment is open for appends."""
+        return self._fd >= 0
+
+    def records_in_segment(self) -> bool:
+        return self._pos > SEGMENT.size + (len(self._plan) if self._plan else 0)
+
+    def _next_segment(self, need: int) -> None:
+        """Seal the open segment and open a new one (preallocated) that `need` bytes fit in,
+        its PLAN record first."""
+        if self._fd >= 0:
+            self._seal()
+        sid = max(self.clock(), self._last_id + 1)
+        path = self.dir / f"{sid:020d}{OPEN_SUFFIX}"
+        plan = self._plan or b""
+        size = max(self.segment_bytes, SEGMENT.size + len(plan) + need)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            head = SEGMENT.pack(MAGIC, FORMAT_VERSION, 0, sid, self.clock()) + plan
+            if os.pwrite(fd, head, 0) != len(head):
+                raise OSError(errno.EIO, "short write to the audit journal")
+            os.fdatasync(fd)
+            fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        self._last_id = sid
+        with self._lock:
+            self._fd, self._path, self._pos, self._size = fd, path, len(head), size
+        self._opened_ns = self.clock()
+
+    def _seal(self, failed: bool = False) -> None:
+        """Close the open segment for writing and rename it `.wal`: from now on it is the
+        compactor's. After a failed write the record being written is not part of it (the
+        reader stops at its bad CRC, and recovery zeroes it)."""
+        fd, path = self._fd, self._path
+        if fd < 0:
+            return
+        with self._lock:
+            self._fd, self._path, self._pos, self._size = -1, None, 0, 0
+            if self.fsync_interval_s is not None and self.fsync_interval_s > 0:
+                self._to_close.append(fd)           # the thread fsyncs, then closes it
+                fd = -1
+        sealed = path.with_suffix(SEALED_SUFFIX)
+        try:
+            if fd >= 0:
+                if self.fsync_interval_s is not None and not failed:
+                    os.fdatasync(fd)
+                os.close(fd)
+            os.rename(path, sealed)
+        except OSError as e:
+            log.warning("audit journal: sealing a segment failed; recovery seals it at the "
+                        "next start", extra={"fields": {"segment": str(path), "error": str(e)}})
+            return
+        if self.on_seal is not None:
+            self.on_seal(sealed)
+
+    def fsync(self) -> None:
+        """fdatasync the open segment now (if written since the last time) and the sealed
+        ones handed to this thread, then close those. Only this call closes a handed fd, so
+        the engine's thread never closes a descriptor another thread is syncing."""
+        with self._lock:
+            current = self._fd
+            closing, self._to_close = self._to_close, []
+            dirty, self._dirty = self._dirty, False
+        for fd in ([current] if current >= 0 and dirty else []) + closing:
+            try:
+                os.fdatasync(fd)
+                self.fsyncs += 1
+            except OSError as e:
+                log.warning("audit journal fsync failed", extra={"fields": {"error": str(e)}})
+        for fd in closing:
+            os.close(fd)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.fsync_interval_s):
+            self.fsync()
+
+    def close(self) -> None:
+        """Stop the fsync thread, seal the open segment (fsynced), and release the lock if it
+        was taken here. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            if self._fd >= 0 and not self.records_in_segment():
+                fd, path = self._fd, self._path          # nothing but its PLAN: drop it
+                self._fd, self._path = -1, None
+                os.close(fd)
+                os.unlink(path)
+            else:
+                self._dirty = True
+                self._seal()
+        finally:
+            self.fsync()
+            if self._own_lock and self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> "JournalWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
