@@ -134,13 +134,14 @@ class LineView:
     def _alarm(self, name: str, status: dict | None, now: float) -> tuple[bool, str, str]:
         if name == "engine_unreachable":
             return status is None, ("no reply from the control socket" if status is None
-                                    else "the engine answers"), "control socket"
+                                    else "engine answers"), "control socket"
         if status is None:
             return False, "unknown (engine unreachable)", "-"
         counters = status.get("counters", {})
         if name == "audit_unavailable":
             if "audit_unavailable" not in status:
-                return False, "not reported by this engine", "status.audit_unavailable (absent)"
+                return False, "audit: not reported by this engine", \
+                    "status.audit_unavailable (absent)"
             active = bool(status["audit_unavailable"])
             return active, ("decisions cannot be journalled" if active else "audit writing"), \
                 "status.audit_unavailable"
@@ -150,7 +151,7 @@ class LineView:
                 return active, ("the PLC link is down" if active else "PLC link up"), \
                     "status.plc_link_up"
             return self._silence("feedback_messages", now, self.plc_silent_s,
-                                 "no PLC feedback (not even a heartbeat)", "PLC feedback arriving",
+                                 "no PLC feedback (not even a heartbeat)", "PLC link: feedback arriving",
                                  "counters.feedback_messages")
         if name == "scanner_silent":
             if "scanners_silent" in status:
@@ -158,13 +159,13 @@ class LineView:
                 return bool(silent), (f"silent: scanner {', '.join(map(str, silent))}" if silent
                                       else "every scanner heard"), "status.scanners_silent"
             return self._silence("messages", now, self.scanner_silent_s,
-                                 "no scan message", "scans arriving", "counters.messages")
+                                 "no scan message", "scanners: scans arriving", "counters.messages")
         if name == "decisions_undelivered":
             n = int(counters.get("decisions_undelivered", 0))
             since = now - self._moved.get("decisions_undelivered", -float("inf"))
             active = since <= self.undelivered_window_s
             return active, (f"{n} decisions not delivered to the PLC side" if active
-                            else f"all delivered lately ({n} undelivered in all)"), \
+                            else f"decisions delivered ({n} undelivered in all)"), \
                 "counters.decisions_undelivered"
         raise ValueError(name)
 

@@ -2,6 +2,8 @@
 Prometheus series, on a real engine process; and the per-chute count against an oracle."""
 from __future__ import annotations
 
+import json
+import re
 import urllib.request
 from collections import Counter
 
@@ -13,7 +15,7 @@ from sorter import wire
 from sorter.core.codes import CHUTE_STATES
 from sorter.engine.metrics import ChuteCounts, chute_table
 from sorter.plan import load_plan
-from engine_harness import EngineProcess, flatten
+from engine_harness import ROOT, EngineProcess, flatten
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -137,3 +139,22 @@ def test_chute_counts_equal_counting_one_by_one(sequence):
     for c in range(41):
         assert counts.decisions[c] == total[c]
         assert counts.since_emptied(c) == since[c]
+
+
+def test_grafana_dashboard_queries_only_series_the_engine_exports(tmp_path):
+    """docs/grafana-chute-wall.json cannot drift from the metric names: every sorter_* name in
+    its queries is on a real engine's /metrics page, and the per-chute panels are there."""
+    board = json.loads((ROOT / "docs" / "grafana-chute-wall.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    names = set(re.findall(r"\b(sorter_[a-z_]+)", " ".join(exprs)))
+    assert {"sorter_chute_state", "sorter_chute_decisions_total",
+            "sorter_chute_decisions_since_emptied"} <= names
+    engine = EngineProcess(tmp_path)
+    try:
+        engine.send_scans([[b"050010"]])
+        engine.receive_decisions(1)
+        engine.wait_until(lambda s: s["counters"]["events"] == 1)
+        exported = {name for name, _ in scrape(engine.endpoints["metrics"])}
+    finally:
+        assert engine.stop() == 0
+    assert names <= exported, names - exported

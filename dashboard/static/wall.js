@@ -118,7 +118,7 @@ function applyAlarms(alarms) {
   const box = $("alarms");
   box.innerHTML = alarms.map((a) =>
     `<span class="alarm${a.active ? " active" : ""}" data-alarm="${a.name}" data-active="${a.active}" title="from ${a.source}">` +
-    `<b>${a.active ? "ALARM" : "ok"}</b>${a.title}: ${a.text}</span>`).join("");
+    `<b>${a.active ? "ALARM " + a.title : "ok"}</b>${a.text}</span>`).join("");
 }
 
 function onMessage(ev) {
