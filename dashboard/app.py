@@ -74,7 +74,11 @@ class Poller:
                     fill = self.fill()
                 except Exception as e:          # noqa: BLE001 - a fill source never stops the page
                     log.warning("fill source failed: %s", e)
-            model = self.view.update(status, time.time(), fill)
+            try:
+                model = self.view.update(status, time.time(), fill)
+            except Exception:                   # noqa: BLE001 - an odd reply never stops the page
+                log.exception("cannot show this status reply")
+                model = self.view.update(None, time.time())
             async with self._changed:
                 self.model, self.seq = model, self.seq + 1
                 self._changed.notify_all()

@@ -99,8 +99,10 @@ class ChuteCounts:
         self.states = np.zeros(MAX_CHUTE + 1, np.uint8)
 
     def fold(self, chutes: np.ndarray, states: np.ndarray) -> None:
-        emptied = (self.states == CHUTE_FULL) & (states == CHUTE_AVAILABLE)
-        if emptied.any():
+        changed = np.flatnonzero(self.states != states)      # one pass; usually none
+        if len(changed):
+            emptied = changed[(self.states[changed] == CHUTE_FULL)
+                              & (states[changed] == CHUTE_AVAILABLE)]
             self.at_emptied[emptied] = self.decisions[emptied]
         self.states = states
         if len(chutes):
