@@ -158,7 +158,7 @@ def test_demo_chute_wall_live_in_chromium(tmp_path, browser):
         assert browser.find_element("id", "p99_ms").text.endswith("ms")
         assert "2026.11.1" in browser.find_element("id", "plan").text
         # tiles count parcels, fill bars come from the simulated PLC
-        wait(lambda: any(int(re.search(r"(\d+) since emptied", tile(browser, c)["text"])[1])
+        wait(lambda: any(int(re.search(r"(\d+) parcels", tile(browser, c)["text"])[1])
                          for c in (5, 6)), what="parcels counted on a tile")
         assert tile(browser, 5)["fill"] is not None
         alarms = browser.execute_script(

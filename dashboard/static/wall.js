@@ -64,7 +64,7 @@ function applyTile(chute, state, since, fill, decisions) {
     t.state.textContent = STATE_TEXT[state] || state.toUpperCase();
     t.el.dataset.state = state;
   }
-  if (!old || old.since !== since) t.count.textContent = `${since} since emptied`;
+  if (!old || old.since !== since) t.count.textContent = `${since} parcels`;
   if (fill === null || fill === undefined) {
     if (!t.bar.hidden) t.bar.hidden = true;
   } else {
