@@ -29,5 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-live", action="store_true", help="print a line a second instead")
     p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
+    p.add_argument("--dashboard", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="serve the chute wall (sorter dashboard) here and print its URL "
+                        "(127.0.0.1:8080; a free port when that one is taken)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the chute wall")
     p.set_defaults(func=cmd_demo)
     return p

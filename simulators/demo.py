@@ -129,7 +129,8 @@ def _view(engine_status: dict | None, plc: dict, tunnel: dict, driver: dict, rat
 
 def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_clv",
              plan_path: str | None = None, audit_dir: str = "audit", seed: int = 0,
-             live: bool | None = None, console: Console | None = None) -> DemoResult:
+             live: bool | None = None, console: Console | None = None,
+             dashboard: str | None = None) -> DemoResult:
     """Run the line for `seconds` at `rate` parcels/s; returns what happened and checks the
     audit accounts for every simulated parcel."""
     console = console or Console()
@@ -149,6 +150,7 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
     tunnel = TunnelSimulator(plan, rate_per_s=rate, seed=seed, registry=registry,
                              loopback=loopback, output=output)
     engine_exit = None
+    web = None
     try:
         driver.start()
         plc.start()
@@ -157,6 +159,9 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
         console.print(f"engine up: scans {engine.endpoints['scans']}, control "
                       f"{engine.endpoints['control']}, metrics {engine.endpoints.get('metrics')}; "
                       f"audit under {audit}")
+        if dashboard:
+            web = _start_dashboard(dashboard, engine, audit, plc)
+            console.print(f"chute wall: {web.url}", highlight=False)
         started = time.monotonic()
         tunnel.start(duration_s=seconds)
         _watch(engine, plc, tunnel, driver, started, seconds, preset, live, console)
@@ -170,7 +175,26 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
         status = engine.status()
         engine_exit = engine.stop()
         output.close()
+        if web is not None:
+            web.stop()
     return _result(seconds, rate, preset, audit, engine_exit, status, tunnel, registry)
+
+
+def _start_dashboard(listen: str, engine: EngineProcess, audit: Path, plc: PlcSimulator):
+    """`sorter dashboard` in this process, on `listen` (a free port when that one is taken),
+    with the simulated PLC's fill levels for the tiles' fill bars."""
+    from dashboard.app import DashboardServer, Settings
+
+    def fill() -> dict[int, float]:
+        return {c: ch["fill"] / max(1, ch["capacity"])
+                for c, ch in plc.snapshot()["chutes"].items()}
+
+    settings = Settings(engine=engine.endpoints["control"], audit_dir=str(audit))
+    try:
+        server = DashboardServer(settings, listen, fill=fill)
+    except OSError:
+        server = DashboardServer(settings, listen.rpartition(":")[0] + ":0", fill=fill)
+    return server.start()
 
 
 def _watch(engine, plc, tunnel, driver, started, seconds, preset, live, console) -> None:
@@ -262,7 +286,8 @@ def main_demo(args) -> int:
     console = Console()
     result = run_demo(seconds=args.seconds, rate=args.rate, preset=args.preset,
                       plan_path=args.plan, audit_dir=args.audit_dir, seed=args.seed,
-                      live=False if args.no_live else None, console=console)
+                      live=False if args.no_live else None, console=console,
+                      dashboard=None if args.no_dashboard else args.dashboard)
     print_summary(result, console)
     if args.json:
         Path(args.json).write_text(json.dumps({**result.__dict__, "ok": result.ok}, indent=2))

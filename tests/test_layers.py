@@ -31,9 +31,10 @@ ALLOWED = {
     "sorter": {"sorter"},
     "scanners": CORE | {"sorter.wire", "scanners"},
     "plc": CORE | {"sorter.plan", "sorter.wire", "plc"},
-    "simulators": {"sorter", "scanners", "plc", "simulators"},
+    "simulators": {"sorter", "scanners", "plc", "simulators", "dashboard"},
+    "dashboard": CORE | {"sorter.plan", "sorter.wire", "sorter.audit", "sorter.engine", "dashboard"},
 }
-OURS = ("sorter", "scanners", "plc", "simulators")
+OURS = ("sorter", "scanners", "plc", "simulators", "dashboard")
 
 
 def layer_of(module: str) -> str:
@@ -156,3 +157,4 @@ def test_layers_above_the_engine_are_commands_by_entry_point():
     names = {ep.name: ep.value for ep in entry_points(group="sorter.commands")}
     assert names.get("scanner") == "scanners.cli:add_parser"
     assert names.get("demo") == "simulators.cli:add_parser"
+    assert names.get("dashboard") == "dashboard.cli:add_parser"

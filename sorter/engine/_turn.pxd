@@ -11,8 +11,8 @@ cdef class BatchDecider:
     cdef readonly Py_ssize_t max_frame, max_records
     cdef const int64_t* _ts                   # scan times of the last batch (held by _ts_ref)
     cdef object _ts_ref
-    # per event since take_counts(): reason, scan -> sent, received -> sent
-    cdef cnp.ndarray _c_reason, _c_scan, _c_engine
+    # per event since take_counts(): reason, scan -> sent, received -> sent, chute
+    cdef cnp.ndarray _c_reason, _c_scan, _c_engine, _c_chute
     cdef Py_ssize_t _counted, _batches
 
     cdef _grow(self, Py_ssize_t capacity)

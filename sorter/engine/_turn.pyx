@@ -34,6 +34,7 @@ cdef class BatchDecider:
         self._c_reason = np.empty(max(count_capacity, 1), np.uint8)
         self._c_scan = np.empty(max(count_capacity, 1), np.int64)
         self._c_engine = np.empty(max(count_capacity, 1), np.int64)
+        self._c_chute = np.empty(max(count_capacity, 1), np.uint16)
         self.n = 0
         self.plan_version = b""
         self.deadline_ns = 0
@@ -132,12 +133,16 @@ cdef class BatchDecider:
             self._c_reason = np.empty(n, np.uint8)
             self._c_scan = np.empty(n, np.int64)
             self._c_engine = np.empty(n, np.int64)
+            self._c_chute = np.empty(n, np.uint16)
+        cdef uint16_t* cc = <uint16_t*> cnp.PyArray_DATA(self._c_chute) + start
+        cdef const uint16_t* chute = <const uint16_t*> cnp.PyArray_DATA(self._chute)
         cdef uint8_t* cr = <uint8_t*> cnp.PyArray_DATA(self._c_reason) + start
         cdef int64_t* cs = <int64_t*> cnp.PyArray_DATA(self._c_scan) + start
         cdef int64_t* ce = <int64_t*> cnp.PyArray_DATA(self._c_engine) + start
         cdef const uint8_t* reason = <const uint8_t*> cnp.PyArray_DATA(self._reason)
         for i in range(n):
             cr[i] = reason[i]
+            cc[i] = chute[i]
             cs[i] = sent_ns - self._ts[i]
             ce[i] = sent_ns - (recv[i] if recv != NULL else one)
         self._counted = start + n
@@ -148,9 +153,15 @@ cdef class BatchDecider:
 
     def take_counts(self):
         """(reason uint8, scan_to_decision_ns int64, engine_ns int64, batches) kept since the
-        last call, as copies; the buffers start over."""
+        last call, as copies; the buffers start over. The chutes of the same events are
+        `take_chutes()`'s: call it first."""
         cdef Py_ssize_t k = self._counted
         out = (self._c_reason[:k].copy(), self._c_scan[:k].copy(), self._c_engine[:k].copy(),
                self._batches)
         self._counted = self._batches = 0
         return out
+
+    def take_chutes(self):
+        """The chute (uint16) of every event `take_counts()` will hand over, in the same
+        order, as a copy; call it just before `take_counts()`, which starts the buffers over."""
+        return self._c_chute[:self._counted].copy()

@@ -16,6 +16,7 @@ import numpy as np
 
 from sorter.core.codes import CHUTE_STATES
 from sorter.core.router import compile_plan
+from sorter.engine.metrics import chute_table
 from sorter.plan import PlanError, load_plan, summary
 
 if TYPE_CHECKING:
@@ -97,8 +98,22 @@ class Control:
             "chutes_unavailable": unavailable,
             "audit_unavailable": engine.audit_unavailable,
             "decisions_withheld": engine.decisions_withheld,
+            "chutes": self.chutes(),
             "counters": engine.metrics.snapshot(),
         }
+
+    def chutes(self) -> list[dict]:
+        """Every chute of the running plan in plan order: number, destination (None for a
+        spare or special chute), the special reasons it takes, state, decisions sent there
+        ever and since the PLC last reported it emptied (metrics.ChuteCounts)."""
+        counts = self.engine.metrics.chutes
+        states = self.engine.router.core.chute_states()
+        with self.engine.metrics.lock:
+            return [{"chute": chute, "destination": destination, "special": list(special),
+                     "state": CHUTE_STATES[states[chute]],
+                     "decisions": int(counts.decisions[chute]),
+                     "since_emptied": counts.since_emptied(chute)}
+                    for chute, destination, special in chute_table(self.engine.plan)]
 
     @staticmethod
     def _load_plan(path: str | None):

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from sorter.core.codes import REASONS
+from sorter.core.codes import CHUTE_AVAILABLE, CHUTE_FULL, CHUTE_STATES, MAX_CHUTE, REASONS
 
 # Bucket upper bounds in seconds: 50 us .. 10 s.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,
@@ -61,6 +61,58 @@ class BatchHistogram:
         return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum_s)
 
 
+def chute_table(plan) -> list[tuple[int, str | None, tuple[str, ...]]]:
+    """Every chute of `plan` in plan order: (chute, destination names joined by " / " or None
+    for a spare or special chute, the special reasons it takes). Kept per plan object: the
+    status reply and every scrape ask for it."""
+    cached = _CHUTE_TABLES.get(id(plan))
+    if cached is not None and cached[0] is plan:
+        return cached[1]
+    serves: dict[int, list[str]] = {}
+    for d in plan.destinations:
+        for c in d.chutes:
+            serves.setdefault(c, []).append(d.name)
+    special: dict[int, list[str]] = {}
+    for reason, c in plan.special.items():
+        special.setdefault(c, []).append(reason)
+    table = [(int(c), " / ".join(serves[c]) if c in serves else None, tuple(special.get(c, ())))
+             for c in plan.chutes]
+    _CHUTE_TABLES.clear()                  # one plan runs at a time
+    _CHUTE_TABLES[id(plan)] = (plan, table)
+    return table
+
+
+_CHUTE_TABLES: dict[int, tuple[object, list]] = {}
+
+
+class ChuteCounts:
+    """Decisions per chute number, counted at the metrics fold from the chutes of the folded
+    events (one bincount per fold, nothing per event), and where each chute was last emptied.
+
+    "Emptied" is the PLC reporting a chute `full` and later `available` again (the bag or
+    cage was changed): the states are compared at each fold, and a chute found emptied counts
+    from the decisions before that fold's events (while it was full it got none)."""
+
+    def __init__(self):
+        self.decisions = np.zeros(MAX_CHUTE + 1, np.int64)
+        self.at_emptied = np.zeros(MAX_CHUTE + 1, np.int64)
+        self.states = np.zeros(MAX_CHUTE + 1, np.uint8)
+
+    def fold(self, chutes: np.ndarray, states: np.ndarray) -> None:
+        changed = np.flatnonzero(self.states != states)      # one pass; usually none
+        if len(changed):
+            emptied = changed[(self.states[changed] == CHUTE_FULL)
+                              & (states[changed] == CHUTE_AVAILABLE)]
+            self.at_emptied[emptied] = self.decisions[emptied]
+        self.states = states
+        if len(chutes):
+            counts = np.bincount(chutes)
+            self.decisions[:len(counts)] += counts
+
+    def since_emptied(self, chute: int) -> int:
+        return int(self.decisions[chute] - self.at_emptied[chute])
+
+
 class EngineMetrics:
     """Everything the engine counts. Updated by the engine's one thread (routed batches are
     folded in every 100 ms, off the hot path); the Prometheus HTTP thread reads under a lock."""
@@ -83,6 +135,7 @@ class EngineMetrics:
             "sorter_scan_to_decision_seconds", "Scan time to decision sent, per event")
         self.engine_latency = BatchHistogram(
             "sorter_engine_latency_seconds", "Message received to decision sent, per event")
+        self.chutes = ChuteCounts()
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -135,3 +188,36 @@ class GaugeCollector:
     def collect(self):
         for name, (doc, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, doc, value=fn())
+
+
+class ChuteCollector:
+    """Per-chute series for every chute of the running plan (`plan()` is called at scrape
+    time): `sorter_chute_state{chute, destination}` (0 available, 1 disabled, 2 full, the
+    index in codes.CHUTE_STATES), `sorter_chute_decisions_total{chute}` and
+    `sorter_chute_decisions_since_emptied{chute}`, read from `metrics.chutes` under its lock."""
+
+    def __init__(self, metrics: EngineMetrics, plan: callable):
+        self.metrics, self.plan = metrics, plan
+
+    def collect(self):
+        table = chute_table(self.plan())
+        state = GaugeMetricFamily(
+            "sorter_chute_state", "Chute state: 0 available, 1 disabled, 2 full "
+            f"({', '.join(CHUTE_STATES)})", labels=["chute", "destination"])
+        decisions = CounterMetricFamily("sorter_chute_decisions",
+                                        "Decisions that sent a parcel to this chute",
+                                        labels=["chute"])
+        since = GaugeMetricFamily("sorter_chute_decisions_since_emptied",
+                                  "Decisions to this chute since the PLC last reported it "
+                                  "emptied (full, then available)", labels=["chute"])
+        counts = self.metrics.chutes
+        with self.metrics.lock:
+            for chute, destination, special in table:
+                label = str(chute)
+                dest = destination or ("special: " + ", ".join(special) if special else "spare")
+                state.add_metric([label, dest], int(counts.states[chute]))
+                decisions.add_metric([label], int(counts.decisions[chute]))
+                since.add_metric([label], counts.since_emptied(chute))
+        yield state
+        yield decisions
+        yield since

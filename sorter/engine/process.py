@@ -152,10 +152,11 @@ class Engine:
 
     def _start_metrics(self, address: str) -> str:
         from prometheus_client import CollectorRegistry, start_http_server
-        from sorter.engine.metrics import GaugeCollector
+        from sorter.engine.metrics import ChuteCollector, GaugeCollector
 
         registry = CollectorRegistry()
         registry.register(self.metrics)
+        registry.register(ChuteCollector(self.metrics, lambda: self.plan))
         registry.register(GaugeCollector({
             "sorter_decision_seq": ("Last decision sequence number", lambda: self.decision_seq),
             "sorter_chutes_unavailable": (
@@ -371,7 +372,11 @@ class Engine:
 
     def _fold_metrics(self) -> None:
         """Fold the batches routed since the last fold into counters and histograms."""
+        chutes = self._turn.take_chutes()
         reason, scan_ns, engine_ns, batches = self._turn.take_counts()
+        states = self.router.core.chute_states()
+        with self.metrics.lock:
+            self.metrics.chutes.fold(chutes, states)     # per chute: one bincount per fold
         if batches:
             with self.metrics.lock:
                 m = self.metrics
