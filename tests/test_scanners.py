@@ -75,7 +75,8 @@ def test_bundled_presets_load():
     for name, fmt in FORMATS.items():
         assert fmt.name == name
         assert fmt.stop and fmt.description
-    assert FORMATS["sick_clv"].describe() == "<STX>index;code;code...<ETX>"
+    assert FORMATS["sick_clv"].describe() == "<STX>index;code;code...[<CR><LF>]<ETX>[<CR><LF>]"
+    assert FORMATS["sick_clv_crlf_in_frame"].describe() == "<STX>index;code;code...<CR><LF><ETX>"
     assert FORMATS["datalogic_multilabel"].stop == b"\r\n"
     assert not FORMATS["keyence"].start and FORMATS["keyence"].no_read == (b"ERROR",)
 
