@@ -378,6 +378,7 @@ class Anomaly:
     """Something in the stream that is not a good frame. `data` is the offending bytes (for a
     frame anomaly: the frame body so far, without the start characters)."""
     kind: str            # garbage, empty, oversized, unterminated, truncated, unparseable
+                         # (and skipped, only with FrameSplitter(report_skipped=True))
     data: bytes = b""
     detail: str = ""
     mismatch: str = ""   # an unparseable frame that shows a preset mismatch (MISMATCH_KINDS)
@@ -407,10 +408,14 @@ class FrameSplitter:
       beginning of a frame are skipped; an empty frame is Anomaly("empty") or, with
       empty_frame = "no_read", an empty Frame.
     - close() ends the stream: an open frame is Anomaly("truncated"), pending garbage is reported.
+    - report_skipped=True (sniff mode) also reports the `ignore_between` bytes it skips, as
+      Anomaly("skipped"): not a parcel, not counted by the driver.
     """
 
-    def __init__(self, fmt: TelegramFormat, garbage_cap: int | None = None):
+    def __init__(self, fmt: TelegramFormat, garbage_cap: int | None = None,
+                 report_skipped: bool = False):
         self.fmt = fmt
+        self._report_skipped = report_skipped
         self._start, self._stop = fmt.start, fmt.stop
         self._ignore = frozenset(fmt.ignore_between)
         self._cap = garbage_cap or fmt.max_frame
@@ -457,6 +462,8 @@ class FrameSplitter:
             self._garbage.clear()
             if not all(c in self._ignore for c in chunk):
                 self._out.append(Anomaly("garbage", chunk, f"{len(chunk)} bytes between frames"))
+            elif self._report_skipped:
+                self._out.append(Anomaly("skipped", chunk, "ignore_between bytes"))
 
     def _add_garbage(self, data) -> None:
         self._garbage += data
@@ -541,6 +548,8 @@ class FrameSplitter:
         while skip < len(buf) and buf[skip] in self._ignore and not buf.startswith(stop, skip):
             skip += 1
         if skip:
+            if self._report_skipped:
+                self._out.append(Anomaly("skipped", bytes(buf[:skip]), "ignore_between bytes"))
             del buf[:skip]
         s = buf.find(stop)
         if s >= 0:
