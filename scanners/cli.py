@@ -164,8 +164,8 @@ def _sniff(fmt, args: argparse.Namespace, common: dict) -> int:
         head = f"preset {fmt.name}: {fmt.describe()}"
     else:
         head = f"no preset: trying the {len(sniffer.trials)} bundled presets side by side"
-    print(f"== sniffing {session.mode} {session.describe_peer()} ({head}); Ctrl-C to stop",
-          flush=True)
+    session.announce(f"== sniffing {session.mode} {session.describe_peer()} ({head}); "
+                     "Ctrl-C to stop")
     while not stop.wait(0.1):
         if not session.running or session.done:
             break

@@ -12,6 +12,7 @@ handling (TCP client, TCP server, serial port) in place of the engine.
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -21,7 +22,11 @@ from .driver import OWN_ID_BASE, ScannerDriver, index_parcel_id
 from .framing import (Anomaly, Frame, FrameSplitter, Telegram, TelegramFormat, encode_escapes,
                       load_format, parse_frame, preset_names, salvage_index)
 
-__all__ = ["Report", "PresetTrial", "Sniffer", "SniffSession"]
+__all__ = ["Report", "PresetTrial", "Sniffer", "SniffSession", "OLDER_NAMES"]
+
+# Bundled presets kept under an older name beside a clearer one for the same telegram: proposed
+# only after the clearer name.
+OLDER_NAMES = frozenset({"cognex_dataman"})          # = cognex_dataman_formatted
 
 
 @dataclass
@@ -73,7 +78,8 @@ class PresetTrial:
         """Sort key, best first: a preset that framed nothing cleanly is last; then fewer
         mismatches and anomalies, more clean telegrams, more evidence, strict before lenient."""
         bad = self.mismatched + self.anomalies
-        return (self.clean == 0, bad, -self.clean, -self.evidence, self.lenient, self.fmt.name)
+        return (self.clean == 0, bad, -self.clean, -self.evidence, self.lenient,
+                self.fmt.name in OLDER_NAMES, self.fmt.name)
 
     def feed(self, data: bytes) -> list[Report]:
         return [self._report(item) for item in self.splitter.feed(data)]
@@ -297,8 +303,18 @@ class SniffSession(ScannerDriver):
         self.out = out or sys.stdout
         self.max_events = max_events
         self.done = False
+        self._announced = threading.Event()
+
+    def announce(self, line: str) -> None:
+        """The first line of the output (what is sniffed, with which preset); the link's own
+        lines wait for it, so that it stays first."""
+        self.out.write(line + "\n")
+        self.out.flush()
+        self._announced.set()
 
     def _print(self, lines: list[str]) -> None:
+        if not self._announced.wait(5):
+            self._announced.set()           # nobody announces: don't wait again
         if lines:
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
