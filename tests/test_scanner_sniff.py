@@ -198,3 +198,20 @@ def test_sniff_usage_errors():
                         "127.0.0.1:9", "--telegrams", "3"], capture_output=True, text=True,
                        cwd=ROOT, env=ENV, timeout=30)
     assert r.returncode == 2 and "--sniff" in r.stderr
+
+
+def test_the_documented_sniff_example_is_what_sniff_prints():
+    """docs/scanners.md, "When reads look wrong": the first example, telegram lines and summary,
+    is the output for those bytes (the address lines aside)."""
+    text = (ROOT / "docs" / "scanners.md").read_text()
+    section = text[text.index("## When reads look wrong"):]
+    example = section[section.index("```\n") + 4:]
+    example = example[:example.index("```")].splitlines()
+    command = example[0]
+    assert command.startswith("$ sorter scanner --sniff") and "--preset sick_clv_crlf_after_etx" in command
+    documented = [line for line in example[1:] if not line.startswith(("== sniffing", "== connected",
+                                                                       "== disconnected"))]
+    sniffer = Sniffer(load_format("sick_clv_crlf_after_etx"))
+    printed = sniffer.feed(b"\x020145;RR473124829GB\r\n\x03\x020146;NoRead\r\n\x03")
+    printed += sniffer.summary()
+    assert printed == documented
