@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -143,11 +144,11 @@ class TelegramFormat:
     source: str = ""
 
     # -- derived --------------------------------------------------------------------------
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
-    @property
+    @cached_property
     def has_index(self) -> bool:
         return "index" in self.names
 
@@ -783,7 +784,7 @@ def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly
                     code = trimmed
                     if not code:
                         continue                      # only a stray CR LF: no code
-            match = _no_read_match(fmt, code) if code else None
+            match = _no_read_match(fmt, code) if code and code is not slot else None
             if match is not None and not match[1]:
                 mismatch("no_read_extra_bytes", f"no-read string with extra bytes: {_shown(code)}")
             if (("status" in parts and parts["status"] in fmt.no_read_status) or not code
