@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-parcel-id", type=int, default=None, metavar="N",
                    help="first parcel id the driver gives out itself (formats without an index: "
                         "default 1)")
+    p.add_argument("--metrics", default="", metavar="HOST:PORT",
+                   help="serve the driver's counters for Prometheus on http://HOST:PORT/metrics "
+                        "(default: off)")
     p.add_argument("--backoff-max", type=float, default=10.0, metavar="S",
                    help="longest wait between reconnection attempts (default 10)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -129,12 +132,25 @@ def cmd_scanner(args: argparse.Namespace) -> int:
         log_event(log, logging.ERROR, "cannot listen", address=args.listen, error=str(e))
         driver.stop()
         return 1
-    log_event(log, logging.INFO, "ready", scanner_id=args.scanner_id,
-              **{driver.mode: driver.describe_peer()})
+    server = None
+    fields = {driver.mode: driver.describe_peer()}
+    if args.metrics:
+        from .metrics import serve_metrics
+        try:
+            server, fields["metrics"] = serve_metrics(driver, args.metrics)
+        except (OSError, ValueError) as e:
+            log_event(log, logging.ERROR, "cannot serve metrics", address=args.metrics,
+                      error=str(e))
+            driver.stop()
+            return 1
+    log_event(log, logging.INFO, "ready", scanner_id=args.scanner_id, **fields)
     while not stop.wait(0.5):
         if not driver.running:
             break
     driver.stop()
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     log_event(log, logging.INFO, "shutdown", scanner_id=args.scanner_id, **driver.snapshot())
     return 0 if stop.is_set() else 1
 

@@ -232,3 +232,41 @@ def test_shutdown_line_carries_the_mismatch_counts(sink):
     assert shutdown["mismatch_non_numeric_index"] == 4 and shutdown["mismatch_field_count"] == 3
     warned = [e for e in lines if e["event"] == "telegram does not match the preset"]
     assert len(warned) == 7 and all(e["level"] == "warning" for e in warned)
+
+
+def test_mismatch_counts_are_served_as_prometheus_metrics(sink):
+    """`--metrics`: the driver's counters on /metrics, read with prometheus_client's parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scanner = TcpScanner()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanners.cli", "--preset", "sick_clv_crlf_after_etx", "--connect",
+         f"127.0.0.1:{scanner.address[1]}", "--engine", sink.endpoint, "--scanner-id", "32",
+         "--silence-timeout", "0", "--metrics", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        ready = json.loads(proc.stderr.readline())
+        while ready["event"] != "ready":
+            ready = json.loads(proc.stderr.readline())
+        scanner.accept()
+        scanner.conn.sendall(b"".join(r for r, _, _ in SICK_IN_FRAME))
+        assert len(sink.collect(len(SICK_IN_FRAME))) == len(SICK_IN_FRAME)
+        with urllib.request.urlopen(ready["metrics"], timeout=10) as response:
+            text = response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        scanner.close()
+    samples = {(s.name, s.labels.get("preset")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    key = "sick_clv_crlf_after_etx"
+    assert samples[("sorter_scanner_preset_mismatches_total", key)] == 5
+    assert samples[("sorter_scanner_mismatch_untrimmed_code_total", key)] == 3
+    assert samples[("sorter_scanner_mismatch_no_read_extra_bytes_total", key)] == 2
+    assert samples[("sorter_scanner_events_total", key)] == 5
+    assert proc.returncode == 0
