@@ -14,9 +14,11 @@ import sys
 
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scanners.driver import COUNTER_NAMES, ScannerDriver, should_log
-from scanners.framing import (MISMATCH_KINDS, PRESET_DIR, Anomaly, Frame, FrameSplitter,
+from scanners.framing import (EDGE_BYTES, MISMATCH_KINDS, PRESET_DIR, Anomaly, Frame, FrameSplitter,
                               PresetError, format_telegram, load_format, parse_frame)
 
 from engine_harness import ROOT
@@ -270,3 +272,17 @@ def test_mismatch_counts_are_served_as_prometheus_metrics(sink):
     assert samples[("sorter_scanner_mismatch_no_read_extra_bytes_total", key)] == 2
     assert samples[("sorter_scanner_events_total", key)] == 5
     assert proc.returncode == 0
+
+
+@given(code=st.binary(min_size=1, max_size=30).map(
+           lambda b: bytes(b"ABCKLRZ0123456789 ]\x1d"[x % 19] for x in b)).filter(
+           lambda c: c.strip(EDGE_BYTES) == c),
+       before=st.binary(max_size=3).map(lambda b: bytes(EDGE_BYTES[x % 33] for x in b)),
+       after=st.binary(max_size=3).map(lambda b: bytes(EDGE_BYTES[x % 33] for x in b)))
+def test_stray_bytes_at_a_codes_ends_are_stripped_and_counted(code, before, after):
+    """Any whitespace or control bytes around any code: the read is the code, and there is an
+    untrimmed_code mismatch exactly when there were such bytes."""
+    fmt = load_format("cognex_dataman_basic")
+    t = parse_frame(fmt, before + code + after)
+    assert t.reads == [code]
+    assert [k for k, _ in t.mismatches] == (["untrimmed_code"] if before or after else [])

@@ -9,13 +9,19 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from scanners.framing import load_format, parse_frame
-from scanners.sniff import Sniffer
+import zmq
+
+from scanners.driver import ScannerDriver
+from scanners.framing import FrameSplitter, load_format, parse_frame
+from scanners.sniff import PresetTrial, Sniffer
 
 from engine_harness import ROOT
 from test_scanner_presets import (COGNEX_BASIC, SICK_AFTER_ETX, SICK_IN_FRAME, VENDOR_STREAMS,
                                   TcpScanner, expected_events)
+from test_scanners import telegram_streams
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -215,3 +221,27 @@ def test_the_documented_sniff_example_is_what_sniff_prints():
     printed = sniffer.feed(b"\x020145;RR473124829GB\r\n\x03\x020146;NoRead\r\n\x03")
     printed += sniffer.summary()
     assert printed == documented
+
+
+@pytest.mark.parametrize("preset", ["sick_clv", "sick_lector_gate", "keyence",
+                                    "cognex_dataman_basic", "generic_fixed"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_sniff_shows_the_events_the_driver_sends(preset, data):
+    """What --sniff prints as SCAN is what the driver would send: the same parcel ids and
+    reads, event for event, on any stream (telegrams, garbage, over-long and cut frames)."""
+    fmt = load_format(preset)
+    stream = data.draw(telegram_streams(fmt))
+    driver = ScannerDriver(fmt, 5, "tcp://127.0.0.1:1", connect="127.0.0.1:9",
+                           context=zmq.Context.instance(), first_parcel_id=100)
+    sent: list[tuple[int, list[bytes]]] = []
+    driver._publish = lambda reads, pids, recirc, ts: sent.extend(zip(pids, reads))
+    splitter = FrameSplitter(fmt)
+    driver._handle(splitter.feed(stream), 0)
+    driver._handle(splitter.close(), 0)
+    trial = PresetTrial(fmt, 5, 100)
+    reports = trial.feed(stream) + trial.close()
+    shown = [(r.parcel_id, r.reads) for r in reports if r.is_event]
+    assert shown == sent
+    mismatched = sum(1 for r in reports if r.mismatches)
+    assert mismatched == driver.counters["preset_mismatches"]
