@@ -90,8 +90,8 @@ def cmd_scanner(args: argparse.Namespace) -> int:
     if args.list_presets:
         for name in preset_names():
             fmt = load_format(name)
-            print(f"{name:<22} {fmt.describe()}")
-            print(f"{'':<22} {fmt.description}")
+            print(f"{name:<26} {fmt.describe()}")
+            print(f"{'':<26} {fmt.description}")
         return 0
     link = args.connect or args.listen or args.serial
     if not link or not (args.preset or args.sniff):
