@@ -1,9 +1,11 @@
-"""Scanner drivers: TCP telegrams from barcode scanners and camera tunnels in, SCAN messages to
-the engine out (docs/scanners.md).
+"""Scanner drivers: telegrams from barcode scanners and camera tunnels (TCP or serial) in, SCAN
+messages to the engine out (docs/scanners.md).
 
 - `scanners.framing`: the sans-IO core: presets (`load_format`), `FrameSplitter`,
-  `parse_frame`, `format_telegram`.
-- `scanners.driver`: `ScannerDriver`, the TCP client/server and ZeroMQ shell around it.
+  `parse_frame` (with the signs of a preset mismatch), `format_telegram`.
+- `scanners.driver`: `ScannerDriver`, the TCP client/server, serial port and ZeroMQ shell.
+- `scanners.sniff`: `sorter scanner --sniff`: telegrams shown, no engine; proposes a preset.
+- `scanners.metrics`: the driver's counters for Prometheus (`--metrics`).
 - `scanners.cli`: the `sorter scanner` command (`add_parser`, `cmd_scanner`).
 - `scanners/presets/*.toml`: the bundled presets.
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 __all__ = [
     "CONTROL_NAMES", "FIELD_NAMES", "CODE_FIELD_NAMES", "PARCEL_ANOMALIES", "PRESET_DIR",
+    "MISMATCH_KINDS", "EDGE_BYTES",
     "PresetError", "Field", "TelegramFormat", "Frame", "Anomaly", "Telegram", "FrameSplitter",
     "decode_escapes", "encode_escapes", "load_format", "preset_names", "parse_frame",
     "format_telegram", "salvage_index",
@@ -53,6 +55,18 @@ _NUMERIC = ("count", "length", "gate_time", "recirculations")
 
 # Anomalies that stand for a parcel: the driver forwards each as a scan event with no read.
 PARCEL_ANOMALIES = frozenset({"oversized", "unterminated", "truncated", "unparseable"})
+
+# Signs that a preset does not match what the scanner sends (docs/scanners.md, "When the preset
+# does not match"): each is counted and logged by the driver, and shown by `--sniff`.
+MISMATCH_KINDS = (
+    "untrimmed_code",        # a code with whitespace or control characters at its ends
+    "non_numeric_index",     # the preset expects a numeric index (parcel id): missing or not digits
+    "no_read_extra_bytes",   # a no-read string (or placeholder) with bytes around it
+    "field_count",           # a telegram with another number of fields than the preset's
+    "terminator_missing",    # the preset requires a terminator inside the frame; absent
+)
+# What strip_codes removes from both ends of a code: ASCII whitespace and control characters.
+EDGE_BYTES = bytes(range(0x21)) + b"\x7f"
 
 
 class PresetError(ValueError):
@@ -123,14 +137,18 @@ class TelegramFormat:
     index_width: int = 0                  # zero-pad the index to this width when formatting
     index_is_parcel_id: bool = True       # a numeric index is the sorter's tracking id
     heartbeat: bytes = b""                # a frame body that is a keep-alive, not a parcel
+    terminator: bytes = b""               # the telegram's own end, inside the frame (SICK: CR LF
+                                          # before ETX): removed when present
+    terminator_required: bool = False     # its absence is a `terminator_missing` mismatch
+    strip_codes: bool = True              # strip EDGE_BYTES from both ends of codes and the index
     source: str = ""
 
     # -- derived --------------------------------------------------------------------------
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
-    @property
+    @cached_property
     def has_index(self) -> bool:
         return "index" in self.names
 
@@ -148,8 +166,14 @@ class TelegramFormat:
             else:
                 parts.append(f.name + (f"[{f.width}]" if f.width else ""))
         sep = "" if self.layout == "fixed" else encode_escapes(self.field_separator)
+        term = encode_escapes(self.terminator)
+        if term and not self.terminator_required:
+            term = f"[{term}]"
+        after = ""
+        if self.ignore_between and self.start:
+            after = f"[{encode_escapes(self.ignore_between)}]"
         return (encode_escapes(self.start) + encode_escapes(self.header) + sep.join(parts)
-                + encode_escapes(self.stop))
+                + term + encode_escapes(self.stop) + after)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -189,7 +213,8 @@ class _Loader:
                     "restart_on_start"),
         "telegram": ("header", "layout", "field_separator", "code_separator", "fields",
                      "code_fields", "code_field_separator", "no_read", "partial_no_read",
-                     "no_read_status", "pad", "index_width", "index_is_parcel_id", "heartbeat"),
+                     "no_read_status", "pad", "index_width", "index_is_parcel_id", "heartbeat",
+                     "terminator", "terminator_required", "strip_codes"),
     }
 
     def __init__(self, doc: dict, source: str):
@@ -269,6 +294,15 @@ class _Loader:
         if len(code_fields) > 1 and (not cfsep or cfsep in (fsep, csep)):
             self.fail("[telegram] code_field_separator",
                       "needed with several code_fields, and must differ from the separators")
+        terminator = self.get("telegram", "terminator", bytes, "")
+        if terminator and stop in terminator:
+            self.fail("[telegram] terminator", "contains the stop sequence (the terminator is "
+                      "inside the frame, before the stop)")
+        if terminator and (fsep and fsep in terminator or csep and csep in terminator):
+            self.fail("[telegram] terminator", "contains a separator")
+        required = self.get("telegram", "terminator_required", bool, False)
+        if required and not terminator:
+            self.fail("[telegram] terminator_required", "needs a terminator")
         for key, value in (("start", start), ("stop", stop)):
             for other, sep in (("field_separator", fsep), ("code_separator", csep)):
                 if sep and sep in value:
@@ -289,7 +323,9 @@ class _Loader:
             no_read_status=self.strings("telegram", "no_read_status"),
             pad=pad, index_width=self.get("telegram", "index_width", int, 0),
             index_is_parcel_id=self.get("telegram", "index_is_parcel_id", bool, True),
-            heartbeat=self.get("telegram", "heartbeat", bytes, ""), source=self.source)
+            heartbeat=self.get("telegram", "heartbeat", bytes, ""),
+            terminator=terminator, terminator_required=required,
+            strip_codes=self.get("telegram", "strip_codes", bool, True), source=self.source)
 
     def fields(self, layout: str) -> tuple[Field, ...]:
         raw = self.doc.get("telegram", {}).get("fields")
@@ -343,8 +379,10 @@ class Anomaly:
     """Something in the stream that is not a good frame. `data` is the offending bytes (for a
     frame anomaly: the frame body so far, without the start characters)."""
     kind: str            # garbage, empty, oversized, unterminated, truncated, unparseable
+                         # (and skipped, only with FrameSplitter(report_skipped=True))
     data: bytes = b""
     detail: str = ""
+    mismatch: str = ""   # an unparseable frame that shows a preset mismatch (MISMATCH_KINDS)
 
     @property
     def is_parcel(self) -> bool:
@@ -371,10 +409,14 @@ class FrameSplitter:
       beginning of a frame are skipped; an empty frame is Anomaly("empty") or, with
       empty_frame = "no_read", an empty Frame.
     - close() ends the stream: an open frame is Anomaly("truncated"), pending garbage is reported.
+    - report_skipped=True (sniff mode) also reports the `ignore_between` bytes it skips, as
+      Anomaly("skipped"): not a parcel, not counted by the driver.
     """
 
-    def __init__(self, fmt: TelegramFormat, garbage_cap: int | None = None):
+    def __init__(self, fmt: TelegramFormat, garbage_cap: int | None = None,
+                 report_skipped: bool = False):
         self.fmt = fmt
+        self._report_skipped = report_skipped
         self._start, self._stop = fmt.start, fmt.stop
         self._ignore = frozenset(fmt.ignore_between)
         self._cap = garbage_cap or fmt.max_frame
@@ -421,6 +463,8 @@ class FrameSplitter:
             self._garbage.clear()
             if not all(c in self._ignore for c in chunk):
                 self._out.append(Anomaly("garbage", chunk, f"{len(chunk)} bytes between frames"))
+            elif self._report_skipped:
+                self._out.append(Anomaly("skipped", chunk, "ignore_between bytes"))
 
     def _add_garbage(self, data) -> None:
         self._garbage += data
@@ -505,6 +549,8 @@ class FrameSplitter:
         while skip < len(buf) and buf[skip] in self._ignore and not buf.startswith(stop, skip):
             skip += 1
         if skip:
+            if self._report_skipped:
+                self._out.append(Anomaly("skipped", bytes(buf[:skip]), "ignore_between bytes"))
             del buf[:skip]
         s = buf.find(stop)
         if s >= 0:
@@ -545,6 +591,7 @@ class Telegram:
     partial: int = 0             # code slots that were local no reads (placeholders, status)
     warnings: tuple[str, ...] = ()
     heartbeat: bool = False      # a keep-alive frame: no parcel
+    mismatches: tuple[tuple[str, str], ...] = ()   # (kind, detail): the preset does not fit
 
 
 def _text(b: bytes) -> str:
@@ -565,21 +612,67 @@ def _split_slot(fmt: TelegramFormat, slot: bytes) -> dict[str, bytes] | None:
     return dict(zip(fmt.code_fields, parts))
 
 
+def _no_read_match(fmt: TelegramFormat, value: bytes) -> tuple[str, bool] | None:
+    """Whether `value` is a no-read string ("no_read") or a failed-slot placeholder
+    ("partial"), and whether exactly (False: with extra bytes around it, a preset mismatch).
+    Extra whitespace or control characters around either count; a global no-read string of three
+    or more characters inside other bytes counts too (`NoRead01`)."""
+    if value in fmt.no_read:
+        return "no_read", True
+    if value in fmt.partial_no_read:
+        return "partial", True
+    trimmed = value.strip(EDGE_BYTES)
+    if trimmed != value:
+        if trimmed in fmt.no_read:
+            return "no_read", False
+        if trimmed in fmt.partial_no_read:
+            return "partial", False
+    for s in fmt.no_read:
+        if len(s) >= 3 and s in value:
+            return "no_read", False
+    return None
+
+
+def _shown(value: bytes, limit: int = 48) -> str:
+    text = encode_escapes(value[:limit])
+    return text + ("..." if len(value) > limit else "")
+
+
 def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly:
-    """The telegram in a frame body, or Anomaly("unparseable") saying why not."""
+    """The telegram in a frame body, or Anomaly("unparseable") saying why not. Signs that the
+    preset does not fit the scanner's output are in `Telegram.mismatches` (or
+    `Anomaly.mismatch`); the telegram is still parsed as well as the preset allows."""
     body = frame.body if isinstance(frame, Frame) else bytes(frame)
+    raw = body
+    mismatches: list[tuple[str, str]] = []
 
-    def bad(detail: str) -> Anomaly:
-        return Anomaly("unparseable", body, detail)
+    def bad(detail: str, mismatch: str = "") -> Anomaly:
+        return Anomaly("unparseable", raw, detail, mismatch)
 
+    def mismatch(kind: str, detail: str) -> None:
+        if all(k != kind for k, _ in mismatches):
+            mismatches.append((kind, detail))
+
+    if fmt.terminator:
+        if body.endswith(fmt.terminator):
+            body = body[:-len(fmt.terminator)]
+        elif fmt.terminator_required:
+            mismatch("terminator_missing", f"the frame does not end with the terminator "
+                     f"{encode_escapes(fmt.terminator)} before the stop")
     if fmt.heartbeat and body == fmt.heartbeat:
         return Telegram(None, [], heartbeat=True)
     if fmt.header:
         if not body.startswith(fmt.header):
             return bad(f"header {encode_escapes(fmt.header)!r} missing")
         body = body[len(fmt.header):]
-    if not body or body in fmt.no_read:
-        return Telegram(None, [], no_read=bool(body))
+    if not body:
+        return Telegram(None, [], mismatches=tuple(mismatches))
+    if body in fmt.no_read or body.strip(EDGE_BYTES) in fmt.no_read:
+        if body not in fmt.no_read:
+            mismatch("no_read_extra_bytes", f"no-read string with extra bytes: {_shown(body)}")
+        if fmt.has_index and fmt.index_is_parcel_id:
+            mismatch("non_numeric_index", "no index: the telegram is only the no-read string")
+        return Telegram(None, [], no_read=True, mismatches=tuple(mismatches))
 
     values: dict[str, bytes] = {}
     slots: list[bytes] = []
@@ -610,23 +703,30 @@ def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly
         if not shared:
             while len(tokens) > required and tokens[-1] == b"":
                 tokens.pop()                          # trailing separators
-        if len(tokens) < required and tokens[-1] in fmt.no_read:
+        last = _no_read_match(fmt, tokens[-1]) if len(tokens) < required else None
+        if last is not None and last[0] == "no_read":
             early_no_read = True
+            if not last[1]:
+                mismatch("no_read_extra_bytes",
+                         f"no-read string with extra bytes: {_shown(tokens[-1])}")
             for f, t in zip(fields, tokens[:-1]):
                 if f.name not in ("code", "codes"):
                     values[f.name] = t
         elif shared:
             if len(tokens) < required:
-                return bad(f"{len(tokens)} fields, expected at least {required}")
+                return bad(f"{len(tokens)} fields, expected at least {required + 1}", "field_count")
             left, right = fields[:k], fields[k + 1:]
             for f, t in zip(left, tokens):
                 values[f.name] = t
             for f, t in zip(right, tokens[len(tokens) - len(right):]):
                 values[f.name] = t
             slots = tokens[k: len(tokens) - len(right)]
+            if not slots and len(fields) > 1 and (fmt.no_read or fmt.no_read_status):
+                mismatch("field_count", f"{len(tokens)} field(s), expected at least "
+                         f"{required + 1}: no code and no no-read string where the codes go")
         else:
             if len(tokens) != required:
-                return bad(f"{len(tokens)} fields, expected {required}")
+                return bad(f"{len(tokens)} fields, expected {required}", "field_count")
             for f, t in zip(fields, tokens):
                 if f.name == "codes":
                     slots = t.split(fmt.code_separator) if fmt.code_separator else [t]
@@ -637,7 +737,15 @@ def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly
 
     warnings: list[str] = []
     index = values.get("index")
-    index_text = _text(index.strip(fmt.pad)) if index is not None else None
+    if index is not None:
+        index = index.strip(fmt.pad)
+        if fmt.strip_codes:
+            index = index.strip(EDGE_BYTES)
+    index_text = _text(index) if index is not None else None
+    if fmt.has_index and fmt.index_is_parcel_id and not (
+            index_text and index_text.isascii() and index_text.isdigit()):
+        mismatch("non_numeric_index", "no index" if not index_text else
+                 f"index {_shown(index)} is not a number")
     status = _text(values["status"]) if "status" in values else None
     numbers: dict[str, int | None] = {}
     for name in _NUMERIC:
@@ -655,8 +763,12 @@ def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly
         for slot in slots:
             if not slot:
                 continue                              # empty slot: nothing was there
-            if slot in fmt.no_read or slot in fmt.partial_no_read:
-                said_no_read |= slot in fmt.no_read
+            match = _no_read_match(fmt, slot)
+            if match is not None:
+                if not match[1]:
+                    mismatch("no_read_extra_bytes", f"no-read string with extra bytes: "
+                             f"{_shown(slot)}")
+                said_no_read |= match[0] == "no_read"
                 failed += 1
                 continue
             parts = _split_slot(fmt, slot)
@@ -664,8 +776,19 @@ def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly
                 return bad(f"code slot with {slot.count(fmt.code_field_separator) + 1} parts, "
                            f"expected {len(fmt.code_fields)}")
             code = parts["code"]
+            trimmed = code.strip(EDGE_BYTES)
+            if trimmed != code:
+                mismatch("untrimmed_code", f"code {_shown(code)} has whitespace or control "
+                         "characters at its ends" + (" (stripped)" if fmt.strip_codes else ""))
+                if fmt.strip_codes:
+                    code = trimmed
+                    if not code:
+                        continue                      # only a stray CR LF: no code
+            match = _no_read_match(fmt, code) if code and code is not slot else None
+            if match is not None and not match[1]:
+                mismatch("no_read_extra_bytes", f"no-read string with extra bytes: {_shown(code)}")
             if (("status" in parts and parts["status"] in fmt.no_read_status) or not code
-                    or code in fmt.no_read or code in fmt.partial_no_read):
+                    or match is not None):
                 failed += 1
                 continue
             if "length" in parts and _int(parts["length"]) != len(code):
@@ -683,7 +806,7 @@ def parse_frame(fmt: TelegramFormat, frame: Frame | bytes) -> Telegram | Anomaly
                     gate_ms=numbers.get("gate_time"), count=count, status=status,
                     recirculations=numbers.get("recirculations"), types=types,
                     no_read=no_read, partial=0 if no_read else failed,
-                    warnings=tuple(dict.fromkeys(warnings)))
+                    warnings=tuple(dict.fromkeys(warnings)), mismatches=tuple(mismatches))
 
 
 def salvage_index(fmt: TelegramFormat, body: bytes) -> str | None:
@@ -747,8 +870,13 @@ def format_telegram(fmt: TelegramFormat, index: str | int | None, reads: Sequenc
                           ("start", fmt.start)):
             if sep and sep in r:
                 raise ValueError(f"code {r!r} contains the {name}")
-        if not r or r in fmt.no_read or r in fmt.partial_no_read:
+        if not r or _no_read_match(fmt, r) is not None:
             raise ValueError(f"code {r!r} cannot be told from a no read")
+        if fmt.terminator and fmt.terminator in r:
+            raise ValueError(f"code {r!r} contains the terminator")
+        if fmt.strip_codes and r.strip(EDGE_BYTES) != r:
+            raise ValueError(f"code {r!r} has whitespace or control characters at its ends "
+                             "(the preset strips them)")
 
     def slot(read: bytes | None, i: int) -> bytes:
         if read is None:
@@ -825,7 +953,7 @@ def format_telegram(fmt: TelegramFormat, index: str | int | None, reads: Sequenc
             if f.name not in ("code", "codes") and fmt.field_separator and fmt.field_separator in p:
                 raise ValueError(f"{f.name} {p!r} contains the field separator")
         body = fmt.field_separator.join(parts)
-    body = fmt.header + body
+    body = fmt.header + body + fmt.terminator
     if len(fmt.start) + len(body) + len(fmt.stop) > fmt.max_frame:
         raise ValueError(f"telegram of {len(body)} bytes exceeds max_frame {fmt.max_frame}")
     return fmt.start + body + fmt.stop if framed else body
