@@ -11,6 +11,7 @@ decisions.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 import time
 from contextlib import ExitStack
@@ -55,7 +56,7 @@ def _local_cluster(n: int):
     """A local cluster of n single-threaded worker processes on 127.0.0.1 (no dashboard)."""
     from dask.distributed import LocalCluster
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, silence_logs="error")
+                        dashboard_address=None, silence_logs=logging.ERROR)
 
 
 def _dask():
