@@ -297,3 +297,159 @@ def _plan_toml(tmp_path: Path, plan) -> Path:
     path = tmp_path / "plan.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# date pruning
+
+
+def test_date_pruning_reads_only_the_partitions_asked_for(history, tmp_path, capsys):
+    _, new, audit, per_date = history
+    pruned = tmp_path / "audit"
+    import shutil
+    shutil.copytree(audit, pruned)
+    # a damaged file in a day outside the range: never opened when that day is pruned
+    junk = pruned / "date=2026-01-01" / "decisions-230000-99999.arrow"
+    junk.write_bytes(b"ARROW1\x00\x00 not an arrow file")
+    parts = list_parts(pruned, "2026-01-02", "2026-01-02")
+    assert [Path(p.path).parent.name for p in parts] == ["date=2026-01-02"] * 2
+    run = replay(new, pruned, date_from="2026-01-02", date_to="2026-01-02")
+    assert run.totals.events == per_date["2026-01-02"]
+    assert all("date=2026-01-02" in f for f in run.totals.files_read)
+    hours = run.totals.new_hourly
+    first = (DAY0_NS + 24 * HOUR_NS) // HOUR_NS
+    assert hours.base >= first and hours.base + hours.hours <= first + 24
+    # open-ended ranges
+    assert replay(new, pruned, date_from="2026-01-03").totals.events == per_date["2026-01-03"]
+    assert [Path(p.path).parent.name for p in list_parts(pruned, None, "2026-01-02")] == \
+        ["date=2026-01-01"] * 3 + ["date=2026-01-02"] * 2
+    # the damaged file is met, and named, when its day is asked for
+    with pytest.raises(AuditSourceError, match="decisions-230000-99999.arrow"):
+        replay(new, pruned, date_to="2026-01-01")
+    assert main(["replay", "--plan", str(_plan_toml(tmp_path, new)), "--audit", str(pruned),
+                 "--from", "2026-01-01", "--to", "2026-01-01"]) == 1
+    assert "decisions-230000-99999.arrow" in capsys.readouterr().err
+    # an empty range replays nothing
+    assert replay(new, pruned, date_from="2027-01-01").totals.events == 0
+
+
+def test_bad_arguments_are_named(history, tmp_path, capsys):
+    _, new, audit, _ = history
+    plan = str(_plan_toml(tmp_path, new))
+    assert main(["replay", "--plan", plan, "--audit", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["replay", "--plan", plan, "--audit", str(audit), "--from", "2026-13-01"]) == 1
+    assert "--from '2026-13-01'" in capsys.readouterr().err
+    assert main(["replay", "--plan", plan, "--audit", str(audit), "--from", "2026-01-03",
+                 "--to", "2026-01-01"]) == 1
+    assert "after" in capsys.readouterr().err
+    assert main(["replay", "--plan", plan, "--workers", "2", "--scheduler", "tcp://x:1"]) == 2
+    assert main(["replay", "--plan", plan, "--chute-state", "5=broken"]) == 2
+    assert "CHUTE=STATE" in capsys.readouterr().err
+    assert main(["replay", "--plan", str(tmp_path / "missing.toml"),
+                 "--audit", str(audit)]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# capacity, --compare and the report
+
+
+def test_json_capacity_compare_and_report(history, tmp_path, capsys):
+    _, new, audit, _ = history
+    plan = str(_plan_toml(tmp_path, new))
+    out, report = tmp_path / "r.json", tmp_path / "report"
+    assert main(["replay", "--plan", plan, "--audit", str(audit), "--compare", "--json",
+                 str(out), "--report", str(report), "--capacity", "40",
+                 "--chute-capacity", "3=5", "--chute-state", "1=full"]) == 0
+    text = capsys.readouterr().out
+    assert "by reason:" in text and "recorded" in text and "report.md" in text
+    doc = json.loads(out.read_text())
+    run = replay(new, audit, chute_states={1: "full"})
+    counts = run.totals.new_hourly.counts
+    cap = np.full(counts.shape[1], 40)
+    cap[3], cap[0] = 5, 1 << 62
+    over = counts > cap
+    assert doc["over_capacity"]["chute_hours"] == int(over.sum())
+    assert {int(c) for c in doc["over_capacity"]["chutes"]} == set(np.nonzero(over)[1].tolist())
+    worst = doc["over_capacity"]["worst"]
+    excess = [w["events"] - w["capacity"] for w in worst]
+    assert excess == sorted(excess, reverse=True)
+    assert doc["capacity"] == {"default": 40, "chutes": {"3": 5}}
+    assert doc["chute_states"] == {"1": "full"}
+    assert "1" not in doc["by_chute"]                  # held full: never chosen
+    # --compare: recorded beside new, the changes add up
+    for r, c in doc["compare"]["by_reason"].items():
+        assert c["new"] - c["recorded"] == c["change"]
+        assert c["recorded"] == doc["recorded"]["by_reason"][r]
+    assert sum(v["recorded"] for v in doc["compare"]["by_destination"].values()) == doc["events"]
+    assert doc["peak_hour"]["events"] == int(counts[:, 1:].sum(axis=1).max())
+    # the report: a page and the PNGs it shows
+    page = (report / "report.md").read_text()
+    for png in ("reasons.png", "destinations.png", "hourly.png", "chute_peaks.png",
+                "changes.png"):
+        assert f"]({png})" in page
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{doc['destination_changes']['changed']:,} of {doc['events']:,}" in page
+    assert "1 full" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# a history the engine recorded
+
+
+def _sample_reads() -> list[list[bytes]]:
+    from sorter.plan import DEFAULT_PLAN
+    out = []
+    for line in (DEFAULT_PLAN.parent / "sample_scans.tsv").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        out.append([r.replace("<GS>", "\x1d").encode() for r in line.split("\t")[1:] if r])
+    return out
+
+
+def test_engine_history_replays_to_the_decisions_it_recorded(tmp_path, capsys):
+    """Same plan, same chute states (5 and 6 full from the start: ALMATY_CITY recirculates,
+    then overflows by the recorded recirculation count): every count agrees, by reason, by
+    destination and by chute, and no parcel changes destination."""
+    from engine_harness import EngineProcess
+    from sorter.plan import DEFAULT_PLAN, load_plan
+
+    engine = EngineProcess(tmp_path)
+    try:
+        for chute in (5, 6):
+            assert engine.control("set_chute", chute=chute, state="full")["ok"]
+        reads = _sample_reads()
+        rng = np.random.default_rng(14)
+        sent = 0
+        for k in range(12):                         # batches of every sample, shuffled
+            batch = [reads[i] for i in rng.permutation(len(reads))]
+            recirc = rng.integers(0, 5, size=len(batch)).astype(np.uint8)
+            engine.send_scans(batch, first_parcel=sent, recirculations=recirc)
+            sent += len(batch)
+        got = engine.receive_decisions(sent)
+        assert sum(len(b) for b in got) == sent
+        engine.scanner.send(b"\x00garbage")        # a malformed message: audited, not routed
+        engine.wait_until(lambda s: s["counters"]["malformed"] == 1)
+    finally:
+        assert engine.stop() == 0
+    audit = engine.audit_dir
+    out = tmp_path / "replay.json"
+    assert main(["replay", "--plan", str(DEFAULT_PLAN), "--audit", str(audit), "--compare",
+                 "--chute-state", "5=full", "--chute-state", "6=full", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["events"] == sent + 1 and doc["malformed"] == 1
+    assert doc["by_reason"]["recirculate"] > 0 and doc["by_reason"]["overflow"] > 0
+    assert doc["by_reason"]["sorted"] > 0 and doc["by_reason"]["no_read"] > 0
+    assert doc["by_reason"] == doc["recorded"]["by_reason"]
+    assert doc["by_destination"] == doc["recorded"]["by_destination"]
+    assert all(c["change"] == 0 for c in doc["compare"]["by_chute"].values())
+    assert doc["destination_changes"]["changed"] == 0
+    assert {"1", "2", "3", "4"} <= set(doc["by_chute"])          # round robin over ASTANA
+    # a different chute state is a different outcome, and the replay says so
+    assert main(["replay", "--plan", str(DEFAULT_PLAN), "--audit", str(audit), "--compare",
+                 "--json", str(out)]) == 0
+    free = json.loads(out.read_text())
+    assert free["by_reason"]["recirculate"] == free["by_reason"]["overflow"] == 0
+    assert free["compare"]["by_reason"]["sorted"]["change"] == \
+        doc["by_reason"]["recirculate"] + doc["by_reason"]["overflow"]
+    assert load_plan(DEFAULT_PLAN).version == doc["plan"]["version"]
