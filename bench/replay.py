@@ -247,9 +247,13 @@ def _child_replay(opts: dict) -> dict:
     from sorter.replay import replay, summarize
 
     _, new = plans(opts["sizes"], opts["seed"], opts["moved"])
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    c0, t0 = os.times(), time.perf_counter()
     run = replay(new, opts["dir"], date_to=opts.get("date_to"), workers=opts.get("workers"))
     wall = time.perf_counter() - t0
+    c1 = os.times()              # children: the cluster's processes, reaped when it closed
+    cpu_all = (c1.user - c0.user + c1.system - c0.system + c1.children_user
+               - c0.children_user + c1.children_system - c0.children_system)
     doc = summarize(run, new, audit=opts["dir"], date_to=opts.get("date_to"), compare=True)
     import hashlib
     digest = hashlib.sha256(json.dumps(_comparable(doc), sort_keys=True).encode()).hexdigest()
@@ -261,6 +265,9 @@ def _child_replay(opts: dict) -> dict:
             "replay_events_per_s": doc["events"] / run.seconds,
             "bytes_read": doc["bytes_read"], "bytes_read_per_event": doc["bytes_per_event"],
             "peak_rss_mb": rss, "digest": digest, "workers": run.workers,
+            "cpu_s": cpu_all, "task_cpu_s": run.totals.cpu_s,
+            "events_per_cpu_s": doc["events"] / cpu_all if cpu_all else None,
+            "loadavg_1min": [load0, os.getloadavg()[0]],
             "by_reason": doc["by_reason"], "changed": doc["destination_changes"]["changed"]}
 
 
@@ -388,6 +395,14 @@ def run(args) -> dict:
                             "dask": 1e9 / dask["replay_events_per_s"],
                             "duckdb": 1e9 / duck["events_per_s"]},
     )
+    # What the CPU time says, apart from the other work on the machine: one process can do
+    # events_per_cpu_s on a free core; n workers at most n times the cluster's events per CPU
+    # second (its client, scheduler and nannies included), if the disk keeps up.
+    result["cpu_bound_events_per_s"] = {
+        "single_1_free_core": single["events_per_cpu_s"],
+        f"dask_{sizes['workers']}_free_cores": sizes["workers"] * dask["events_per_cpu_s"]}
+    result["extrapolated_1e9_s_cpu_bound"] = {
+        k: 1e9 / v for k, v in result["cpu_bound_events_per_s"].items()}
     best = max(single["replay_events_per_s"], dask["replay_events_per_s"])
     peak = max(v for r in (single, dask) for v in r["peak_rss_mb"].values() if v)
     result["goal"] = {"events_per_s": GOAL_EVENTS_PER_S, "met_rate": best >= GOAL_EVENTS_PER_S,
@@ -422,6 +437,10 @@ def report(r: dict) -> str:
         f"{_si(r['replay_on_duckdb_rows']['replay_events_per_s'])}events/s "
         f"({r['replay_vs_duckdb']:.1f}x); DuckDB agrees on {q['agreement_pct']:.2f}% of the "
         f"{q['handled_pct']:.1f}% it handles",
+        f"CPU: 1 process {_si(s['events_per_cpu_s'])}events per CPU-second "
+        f"({s['cpu_s']:.1f} CPU-s in {s['seconds']:.1f} s: the rest was other work's); Dask "
+        f"{_si(d['events_per_cpu_s'])}events per CPU-second (all its processes); on free cores: "
+        + ", ".join(f"{k} {_si(v)}events/s" for k, v in r["cpu_bound_events_per_s"].items()),
         "1 billion events: " + ", ".join(f"{k} {v / 60:.1f} min"
                                          for k, v in r["extrapolated_1e9_s"].items()),
         f"goal {_si(r['goal']['events_per_s'])}events/s: "

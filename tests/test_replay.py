@@ -241,11 +241,16 @@ def test_dask_local_cluster_of_two_workers_equals_the_single_process(history, tm
     single = summarize(replay(new, audit, sample_size=8), new, audit=audit, compare=True,
                        capacity=50)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        run = replay(new, audit, sample_size=8, client=client)
-        assert run.workers == 2 and run.mode.startswith("tcp://127.0.0.1:")
+                      dashboard_address=None) as cluster:
+        # as `--scheduler ADDRESS` does: connect to a running cluster
+        run = replay(new, audit, sample_size=8, scheduler=cluster.scheduler_address)
+        assert run.workers == 2 and run.mode == cluster.scheduler_address
         on_dask = summarize(run, new, audit=audit, compare=True, capacity=50)
         assert len(on_dask["peak_rss_mb"]) == 2          # the two worker processes did the work
+        with Client(cluster) as client:                  # an already connected client
+            again = summarize(replay(new, audit, sample_size=8, client=client), new,
+                              audit=audit, compare=True, capacity=50)
+    assert _result_only(again) == _result_only(single)
     assert _result_only(on_dask) == _result_only(single)
     assert single["events"] == 6000 and single["malformed"] == 1
     assert single["destination_changes"]["changed"] > 0

@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import resource
 import socket
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,7 @@ def _iso_hour(ts_ns: int) -> str:
 
 def replay_part(part: Part, spec: ReplaySpec) -> Totals:
     """The totals of one audit file routed with the spec's plan."""
+    cpu0 = time.thread_time()
     table = read_part(part)
     totals = Totals(spec.destination_names, spec.sample_size)
     totals.files = 1
@@ -132,6 +134,7 @@ def replay_part(part: Part, spec: ReplaySpec) -> Totals:
                 totals.add_sample((part.index, start + r), _sample_record(
                     part, slab, r, start, totals.names[rec_id[r]], int(rec_chute[r]),
                     int(rec_reason[r]), spec, int(dest[r]), int(chute[r]), int(reason[r])))
+    totals.cpu_s = time.thread_time() - cpu0
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     totals.peak_rss_kb[f"{socket.gethostname()}:{os.getpid()}"] = kb
     return totals

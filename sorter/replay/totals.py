@@ -93,6 +93,7 @@ class Totals:
     malformed: int = 0
     files: int = 0
     bytes_read: int = 0
+    cpu_s: float = 0.0               # CPU time of the threads that read and routed (not exact-merge)
     new_reason: np.ndarray = field(default=None)
     recorded_reason: np.ndarray = field(default=None)
     names: list = field(default=None)
@@ -151,6 +152,7 @@ class Totals:
         self.malformed += other.malformed
         self.files += other.files
         self.bytes_read += other.bytes_read
+        self.cpu_s += other.cpu_s
         self.new_reason += other.new_reason
         self.recorded_reason += other.recorded_reason
         ids = self.name_ids(other.names)
