@@ -135,9 +135,21 @@ def replay_part(part: Part, spec: ReplaySpec) -> Totals:
                     part, slab, r, start, totals.names[rec_id[r]], int(rec_chute[r]),
                     int(rec_reason[r]), spec, int(dest[r]), int(chute[r]), int(reason[r])))
     totals.cpu_s = time.thread_time() - cpu0
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    totals.peak_rss_kb[f"{socket.gethostname()}:{os.getpid()}"] = kb
+    totals.peak_rss_kb[f"{socket.gethostname()}:{os.getpid()}"] = peak_rss_kb()
     return totals
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set, KiB: VmHWM (ru_maxrss survives exec on Linux, so a
+    worker spawned by a bigger process would report its parent's)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _sample_record(part: Part, slab: pa.Table, r: int, start: int, rec_dest, rec_chute: int,
