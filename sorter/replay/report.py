@@ -109,12 +109,14 @@ def write_report(doc: dict, totals: Totals, out: Path) -> Path:
     if hourly.hours:
         fig, ax = plt.subplots(figsize=(10, 4))
         times = _hour_times(hourly.base, hourly.hours)
-        ax.plot(times, hourly.counts[:, 1:].sum(axis=1), label="new plan", lw=1)
+        mark = "." if hourly.hours < 60 else None      # a few hours: show each one
+        ax.plot(times, hourly.counts[:, 1:].sum(axis=1), label="new plan", lw=1, marker=mark)
         rec = totals.recorded_hourly
         if compare and rec.hours:
             ax.plot(_hour_times(rec.base, rec.hours), rec.counts[:, 1:].sum(axis=1),
-                    label="recorded", lw=1, alpha=0.7)
+                    label="recorded", lw=1, alpha=0.7, marker=mark)
             ax.legend()
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("diverted events per hour")
         ax.set_title(f"Diverted events per hour; peak {doc['peak_hour']['hour']}: "
                      f"{doc['peak_hour']['events']:,}")
