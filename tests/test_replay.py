@@ -458,3 +458,16 @@ def test_engine_history_replays_to_the_decisions_it_recorded(tmp_path, capsys):
     assert free["compare"]["by_reason"]["sorted"]["change"] == \
         doc["by_reason"]["recirculate"] + doc["by_reason"]["overflow"]
     assert load_plan(DEFAULT_PLAN).version == doc["plan"]["version"]
+
+
+def test_without_dask_workers_fail_with_the_install_hint_and_one_process_still_runs(
+        history, tmp_path, monkeypatch, capsys):
+    import sys
+    _, new, audit, _ = history
+    plan = str(_plan_toml(tmp_path, new))
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)     # import fails as if absent
+    assert main(["replay", "--plan", plan, "--audit", str(audit), "--workers", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'sorter[replay]'" in err
+    assert main(["replay", "--plan", plan, "--audit", str(audit), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 6000
