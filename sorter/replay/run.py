@@ -56,7 +56,8 @@ def _local_cluster(n: int):
     """A local cluster of n single-threaded worker processes on 127.0.0.1 (no dashboard)."""
     from dask.distributed import LocalCluster
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, silence_logs=logging.ERROR)
+                        dashboard_address=None, silence_logs=logging.ERROR,
+                        memory_limit=0)
 
 
 def _dask():
