@@ -41,6 +41,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "audit": ("bench.audit", "Arrow audit rows/s for the engine's schema by batch size, fsync "
                              "on and off"),
     "memory": ("bench.memory", "peak RSS and table sizes with a 10M-row manifest compiled"),
+    "replay": ("bench.replay", "what-if replay of a 100M-scan audit history from disk: one "
+                               "process, a local Dask cluster, DuckDB SQL"),
 }
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(__file__).resolve().with_name("README.md")

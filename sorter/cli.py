@@ -7,6 +7,7 @@
     sorter ctl status|load-plan|chute|stop     talk to a running engine's control socket
     sorter scanner --preset NAME --connect HOST:PORT | --listen HOST:PORT   a scanner driver
     sorter demo [--seconds N] [--rate R]       the whole line on loopback, with a live view
+    sorter replay --plan NEW [--audit DIR] ...  the audit's scans routed with a new plan, counted
 
 Each layer declares its own commands: `sorter.plan.cli` (plan, route) and `sorter.engine.cli`
 (run, ctl) below this module; the layers above the engine (`scanners`, `simulators`, `plc`)
@@ -25,6 +26,7 @@ from typing import Sequence
 from sorter.audit import cli as audit_cli
 from sorter.engine import cli as engine_cli
 from sorter.plan import cli as plan_cli
+from sorter.replay import cli as replay_cli
 
 ENTRY_POINT_GROUP = "sorter.commands"
 # Where the entry-point commands go in --help; any other registered command follows by name.
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cli.add_parsers(subparsers)
     engine_cli.add_parsers(subparsers)
     audit_cli.add_parsers(subparsers)
+    replay_cli.add_parsers(subparsers)
     for ep in _registered_commands():
         ep.load()(subparsers)
     return parser
