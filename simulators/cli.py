@@ -29,5 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-live", action="store_true", help="print a line a second instead")
     p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
+    p.add_argument("--plc", choices=["tcp", "opcua", "modbus"], default=None,
+                   help="run the PLC side through the PLC gateway (sorter plc) and a simulated "
+                        "PLC speaking this protocol (default: the ZeroMQ PLC simulator)")
     p.set_defaults(func=cmd_demo)
     return p
