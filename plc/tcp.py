@@ -139,17 +139,16 @@ class TcpGateway:
                     poller.modify(self._sock, zmq.POLLIN | zmq.POLLOUT)
                 elif self._sock is not None:
                     poller.modify(self._sock, zmq.POLLIN)
-                events = dict(poller.poll(timeout * 1000))
+                events = dict(poller.poll(timeout * 1000))    # raw sockets: by fileno
                 now = time.monotonic()
                 with self._lock:
-                    if self._listener is not None and self._listener in events:
+                    if self._listener is not None and self._listener.fileno() in events:
                         self._accept(poller, now)
                     if self.engine.pull in events:
                         items = self.engine.recv_decisions()
                         if items:
                             self.session.submit_many(items, now)
-                    if self._sock is not None and self._sock.fileno() in events or \
-                            self._sock is not None and self._sock in events:
+                    if self._sock is not None and self._sock.fileno() in events:
                         self._read(poller, now)
                     self.session.tick(now)
                     self.session.expire(now)
