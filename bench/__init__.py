@@ -41,6 +41,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "audit": ("bench.audit", "Arrow audit rows/s for the engine's schema by batch size, fsync "
                              "on and off"),
     "memory": ("bench.memory", "peak RSS and table sizes with a 10M-row manifest compiled"),
+    "plc": ("bench.plc", "the PLC gateway per protocol (TCP telegrams, OPC UA, Modbus): "
+                         "decisions/s with confirmations back, latency added over a direct read"),
 }
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(__file__).resolve().with_name("README.md")
