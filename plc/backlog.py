@@ -26,26 +26,30 @@ class Backlog:
     def extend(self, items) -> None:
         self.items.extend(items)
 
+    def _stale(self, ins: Instruction, now: float) -> bool:
+        return self.max_age_s is not None and now - ins.born > self.max_age_s
+
+    def _dropped(self, first: Instruction, n: int, now: float) -> None:
+        """Count n stale drops; one log line with the first one's fields and the count."""
+        self.stale_dropped += n
+        log_event(log, logging.WARNING, "stale decision dropped", tracking_id=first.tracking_id,
+                  chute=first.chute, age_ms=round((now - first.born) * 1000, 1),
+                  max_age_ms=round(self.max_age_s * 1000, 1), count=n)
+
     def take(self, k: int, now: float) -> list[Instruction]:
         """Up to k fresh decisions, oldest first; stale ones on the way are dropped."""
+        self.expire(now)
         out: list[Instruction] = []
         while self.items and len(out) < k:
-            ins = self.items.popleft()
-            if self.max_age_s is not None and now - ins.born > self.max_age_s:
-                self.stale_dropped += 1
-                log_event(log, logging.WARNING, "stale decision dropped",
-                          tracking_id=ins.tracking_id, chute=ins.chute,
-                          age_ms=round((now - ins.born) * 1000, 1),
-                          max_age_ms=round(self.max_age_s * 1000, 1))
-                continue
-            out.append(ins)
+            out.append(self.items.popleft())
         return out
 
     def expire(self, now: float) -> None:
-        """Drop the stale decisions at the head (while the link is down)."""
-        while self.items and self.max_age_s is not None and now - self.items[0].born > self.max_age_s:
+        """Drop the stale decisions at the head (decisions arrive in time order)."""
+        first, n = None, 0
+        while self.items and self._stale(self.items[0], now):
             ins = self.items.popleft()
-            self.stale_dropped += 1
-            log_event(log, logging.WARNING, "stale decision dropped", tracking_id=ins.tracking_id,
-                      chute=ins.chute, age_ms=round((now - ins.born) * 1000, 1),
-                      max_age_ms=round(self.max_age_s * 1000, 1))
+            first = first or ins
+            n += 1
+        if n:
+            self._dropped(first, n, now)

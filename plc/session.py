@@ -66,10 +66,11 @@ class Instruction:
 class _Pending:
     type: str
     seq: int
-    fields: dict
+    values: tuple          # the type's fields in MESSAGE_FIELDS order
     born: float | None
     data: bytes
     sent_at: float
+    order: int             # send order (a resend moves it to the end)
     resends: int = 0
 
 
@@ -100,13 +101,16 @@ class _Session:
         self._life_mod = self._field_modulo("life", "counter")
         self.life_counter = 0
         self.peer_life_counter: int | None = None
-        self.queue: deque = deque()                  # (type, fields, born) not yet sent
+        self.queue: deque = deque()                  # (type, values, born) not yet sent
         self.in_flight: OrderedDict[int, _Pending] = OrderedDict()
         self.up = False
         self.down_reason: str | None = None
         self._out: list[bytes] = []
         self._events: list[tuple[str, dict]] = []
         self._last_rx = self._next_life = 0.0
+        self._order = 0                 # send order of the last telegram sent
+        self._max_acked = 0             # send order of the latest telegram acknowledged
+        self._last_ack_at = 0.0
         self.counters: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
 
     def _field_modulo(self, type_: str, name: str) -> int:
@@ -122,6 +126,7 @@ class _Session:
         self.counters["connections"] += 1
         self._last_rx = now
         self._next_life = now
+        self._last_ack_at = now
         for p in list(self.in_flight.values()):
             self._resend(p, now, count=False)
         self._pump(now)
@@ -140,26 +145,30 @@ class _Session:
         """Bytes received from the peer."""
         self.counters["bytes_in"] += len(data)
         self._last_rx = now
+        counters, in_flight, pack = self.counters, self.in_flight, self.codec.pack
         for item in self.splitter.feed(data):
             if isinstance(item, Malformed):
                 self.counters["malformed"] += 1
                 self._event("malformed telegram", reason=item.reason, data=item.data[:64].hex())
                 continue
-            self.counters["telegrams_in"] += 1
+            counters["telegrams_in"] += 1
             t = item.type
             if t == "ack":
-                self.counters["acks_in"] += 1
-                p = self.in_flight.pop(item.fields["ack_seq"], None)
+                counters["acks_in"] += 1
+                p = in_flight.pop(item.fields["ack_seq"], None)
                 if p is None:
-                    self.counters["unknown_acks"] += 1
+                    counters["unknown_acks"] += 1
                 else:
+                    self._last_ack_at = now
+                    if p.order > self._max_acked:
+                        self._max_acked = p.order
                     self._acked(p)
             elif t == "life":
                 self.counters["lives_in"] += 1
                 self.peer_life_counter = item.fields["counter"]
             elif t in self.RECEIVES:
-                self._send_raw(self.codec.encode(Telegram("ack", 0, ack_seq=item.seq)))
-                self.counters["acks_out"] += 1
+                self._send_raw(pack("ack", 0, (item.seq,)))
+                counters["acks_out"] += 1
                 key = (t, item.seq, item.fields.get("tracking_id", item.fields.get("chute")))
                 if self.seen.add(key):
                     self._received(item)
@@ -182,19 +191,22 @@ class _Session:
         if now >= self._next_life:
             self._next_life = now + self.life_interval_s
             self.life_counter = (self.life_counter + 1) % self._life_mod
-            self._send_raw(self.codec.encode(Telegram("life", 0, counter=self.life_counter)))
+            self._send_raw(self.codec.pack("life", 0, (self.life_counter,)))
             self.counters["lives_out"] += 1
-        if self.in_flight:
-            first = next(iter(self.in_flight.values()))
-            if now - first.sent_at >= self.ack_timeout_s:
-                for p in list(self.in_flight.values()):
-                    if now - p.sent_at < self.ack_timeout_s:
-                        continue
-                    if p.resends >= self.max_resends:
-                        self.counters["ack_timeouts"] += 1
-                        self._down("ack_timeout")
-                        return
-                    self._resend(p, now)
+        # A telegram is overdue when unacknowledged for ack_timeout AND either a telegram sent
+        # after it has been acknowledged (its ack was lost: acks come in order) or no ack at
+        # all came for ack_timeout (the peer is stuck). A peer that is merely busy working
+        # through a full window keeps acknowledging, and is not flooded with resends.
+        T = self.ack_timeout_s
+        stuck = now - self._last_ack_at >= T
+        for p in list(self.in_flight.values()):
+            if now - p.sent_at < T or not (stuck or p.order < self._max_acked):
+                break
+            if p.resends >= self.max_resends:
+                self.counters["ack_timeouts"] += 1
+                self._down("ack_timeout")
+                return
+            self._resend(p, now)
         self._pump(now)
 
     def next_timer(self, now: float) -> float:
@@ -224,23 +236,30 @@ class _Session:
         self.counters["telegrams_out"] += 1
         self.counters["bytes_out"] += len(data)
 
-    def _enqueue(self, type_: str, fields: dict, born: float | None, now: float) -> None:
-        self.queue.append((type_, fields, born))
-
     def _pump(self, now: float) -> None:
         """Send queued telegrams while the link is up and the window has room."""
-        while self.queue and self.up and len(self.in_flight) < self.window:
-            type_, fields, born = self.queue.popleft()
-            if not self._fresh(type_, fields, born, now):
+        queue, in_flight, window = self.queue, self.in_flight, self.window
+        if not (queue and self.up and len(in_flight) < window):
+            return
+        pack, fresh, mod, out = self.codec.pack, self._fresh, self._mod, self._out
+        seq, order, nbytes, n = self._next_seq, self._order, 0, 0
+        while queue and len(in_flight) < window:
+            type_, values, born = queue.popleft()
+            if born is not None and not fresh(type_, values, born, now):
                 continue
-            seq = self._next_seq
-            self._next_seq = (seq + 1) % self._mod or 1
-            data = self.codec.encode(Telegram(type_, seq, **fields))
-            self.in_flight[seq] = _Pending(type_, seq, fields, born, data, now)
-            self._send_raw(data)
+            data = pack(type_, seq, values)
+            order += 1
+            in_flight[seq] = _Pending(type_, seq, values, born, data, now, order)
+            out.append(data)
+            nbytes += len(data)
+            n += 1
+            seq = (seq + 1) % mod or 1
+        self._next_seq, self._order = seq, order
+        self.counters["telegrams_out"] += n
+        self.counters["bytes_out"] += nbytes
 
     def _resend(self, p: _Pending, now: float, count: bool = True) -> None:
-        if not self._fresh(p.type, p.fields, p.born, now):
+        if not self._fresh(p.type, p.values, p.born, now):
             del self.in_flight[p.seq]
             return
         if count:
@@ -248,13 +267,15 @@ class _Session:
             self.counters["resends"] += 1
             self._event("resend", type=p.type, seq=p.seq, resends=p.resends)
         p.sent_at = now
+        self._order += 1
+        p.order = self._order
         self.in_flight.move_to_end(p.seq)
         self._send_raw(p.data)
 
     # overridden by the two ends
     RECEIVES: tuple[str, ...] = ()
 
-    def _fresh(self, type_: str, fields: dict, born: float | None, now: float) -> bool:
+    def _fresh(self, type_: str, values: tuple, born: float | None, now: float) -> bool:
         return True
 
     def _received(self, t: Telegram) -> None:
@@ -284,18 +305,11 @@ class HostSession(_Session):
         self.acked_decision_seqs: list[int] = []
 
     def submit(self, ins: Instruction, now: float) -> None:
-        self.counters["instructions"] += 1
-        self.queue.append(("sort_instruction", {"tracking_id": ins.tracking_id,
-                                                "chute": ins.chute, "alt_chute": ins.alt_chute,
-                                                "reason": ins.reason}, ins.born))
-        self._pump(now)
+        self.submit_many([ins], now)
 
     def submit_many(self, items: list[Instruction], now: float) -> None:
-        q = self.queue
-        for ins in items:
-            q.append(("sort_instruction", {"tracking_id": ins.tracking_id, "chute": ins.chute,
-                                           "alt_chute": ins.alt_chute, "reason": ins.reason},
-                      ins.born))
+        self.queue.extend([("sort_instruction", (i.tracking_id, i.chute, i.alt_chute, i.reason),
+                            i.born) for i in items])
         self.counters["instructions"] += len(items)
         self._pump(now)
 
@@ -306,12 +320,12 @@ class HostSession(_Session):
         while self.queue and not self._fresh(*self.queue[0], now):
             self.queue.popleft()
 
-    def _fresh(self, type_, fields, born, now) -> bool:
+    def _fresh(self, type_, values, born, now) -> bool:
         if self.max_age_s is None or born is None or now - born <= self.max_age_s:
             return True
         self.counters["stale_dropped"] += 1
-        self._event("stale decision dropped", tracking_id=fields.get("tracking_id"),
-                    chute=fields.get("chute"), age_ms=round((now - born) * 1000, 1),
+        self._event("stale decision dropped", tracking_id=values[0], chute=values[1],
+                    age_ms=round((now - born) * 1000, 1),
                     max_age_ms=round(self.max_age_s * 1000, 1))
         return False
 
@@ -371,11 +385,16 @@ class PlcSession(_Session):
 
     def report(self, tracking_id: int, chute: int, outcome: int, now: float) -> None:
         self.counters["reports"] += 1
-        self.queue.append(("sort_report", {"tracking_id": tracking_id, "chute": chute,
-                                           "outcome": outcome}, None))
+        self.queue.append(("sort_report", (tracking_id, chute, outcome), None))
+        self._pump(now)
+
+    def report_many(self, items: list[tuple[int, int, int]], now: float) -> None:
+        """Sort reports (tracking_id, chute, outcome), in order."""
+        self.counters["reports"] += len(items)
+        self.queue.extend([("sort_report", r, None) for r in items])
         self._pump(now)
 
     def chute_status(self, chute: int, state: int, now: float) -> None:
         self.counters["chute_states"] += 1
-        self.queue.append(("chute_status", {"chute": chute, "state": state}, None))
+        self.queue.append(("chute_status", (chute, state), None))
         self._pump(now)

@@ -250,6 +250,16 @@ class TcpGateway:
         self._wbuf.clear()
 
     def _log_events(self) -> None:
-        for name, fields in self.session.take_events():
+        """The session's events, one line per kind per loop turn: the first event's fields
+        and how many there were (a burst of stale drops is one line, not thousands)."""
+        events = self.session.take_events()
+        if not events:
+            return
+        first: dict[str, dict] = {}
+        count: dict[str, int] = {}
+        for name, fields in events:
+            first.setdefault(name, fields)
+            count[name] = count.get(name, 0) + 1
+        for name, fields in first.items():
             level = logging.INFO if name in ("resend", "duplicate telegram") else logging.WARNING
-            log_event(log, level, name, **fields)
+            log_event(log, level, name, **fields, count=count[name])

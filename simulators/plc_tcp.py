@@ -173,8 +173,8 @@ class TcpTelegramPlc:
         confirms, changes = self.machine.poll(now)
         for c, s in changes:
             self.session.chute_status(c, s, now)
-        for pid, chute, outcome in confirms:
-            self.session.report(pid, chute, outcome, now)
+        if confirms:
+            self.session.report_many(confirms, now)
         if self.silent or self._sock is None:
             self.session.take_output()
             return
