@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop a decision older than N ms instead of delivering it (default "
                         f"{DEFAULT_MAX_AGE_MS:g}, the engine's default deadline; 0 disables)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--metrics", default="", metavar="HOST:PORT",
+                   help="serve the gateway's counters for Prometheus at http://HOST:PORT/metrics "
+                        "(sorter_plc_*; default: off)")
 
 
 def _usage(msg: str) -> int:
@@ -136,9 +139,21 @@ def cmd_plc(args: argparse.Namespace) -> int:
     except OSError as e:
         log_event(log, logging.ERROR, "cannot listen", address=args.listen, error=str(e))
         return 1
+    metrics = None
+    if args.metrics:
+        from .metrics import serve_metrics
+        try:
+            metrics = serve_metrics(gw, args.metrics)
+        except (OSError, ValueError) as e:
+            log_event(log, logging.ERROR, "cannot serve metrics", address=args.metrics,
+                      error=str(e))
+            gw.stop()
+            return 1
     log_event(log, logging.INFO, "ready", protocol=args.protocol,
               listen=f"{gw.address[0]}:{gw.address[1]}" if getattr(gw, "address", None) else None,
-              peer=args.connect or args.url, max_age_ms=args.max_age_ms)
+              peer=args.connect or args.url, max_age_ms=args.max_age_ms,
+              metrics=(f"http://{args.metrics.rpartition(':')[0] or '127.0.0.1'}:"
+                       f"{metrics.server_port}/metrics") if metrics else None)
     next_status = time.monotonic() + 10
     while not stop.wait(0.5):
         if not gw.running:
@@ -147,6 +162,8 @@ def cmd_plc(args: argparse.Namespace) -> int:
             next_status += 10
             log_event(log, logging.INFO, "status", **gw.snapshot())
     gw.stop()
+    if metrics is not None:
+        metrics.shutdown()
     log_event(log, logging.INFO, "shutdown", **gw.snapshot())
     return 0 if stop.is_set() else 1
 

@@ -490,18 +490,27 @@ def test_cli_runs_the_gateway_until_sigterm(engine, tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "sorter.cli", "plc", "--protocol", "tcp", "--preset",
              "s7_binary", "--connect", f"127.0.0.1:{sim.address[1]}", "--engine-decisions",
-             engine.decisions, "--engine-feedback", engine.feedback, "--max-age-ms", "2000"],
+             engine.decisions, "--engine-feedback", engine.feedback, "--max-age-ms", "2000",
+             "--metrics", "127.0.0.1:0"],
             stderr=subprocess.PIPE, text=True)
         try:
             assert wait(lambda: sim.connections >= 1, 20)
             time.sleep(0.3)
             engine.send([101, 102])
             assert engine.collect(lambda: len(engine.confirms) >= 2, 10)
+            import json
+            import urllib.request
+            ready = next(json.loads(x) for x in iter(proc.stderr.readline, "")
+                         if '"event": "ready"' in x)
+            body = urllib.request.urlopen(ready["metrics"], timeout=10).read().decode()
+            assert "sorter_plc_link_up 1.0" in body
+            assert re.search(r"^sorter_plc_instructions_acked_total 2\.0$", body, re.M)
+            assert "sorter_plc_link_downs_total 0.0" in body
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
         assert proc.returncode == 0
-        assert '"event": "ready"' in err and '"event": "shutdown"' in err
+        assert '"event": "shutdown"' in err
 
 
 # -- docs/plc.md says what the code does ------------------------------------------------------
