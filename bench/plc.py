@@ -8,6 +8,11 @@ For each protocol, in one run:
   unconfirmed; rate = decisions / (last confirmation - first send). The PLC is the simulated
   one (`echo=True`: every parcel sorted at once) in a child process, the gateway a thread of
   this process, as `sorter plc` runs it.
+- `gateway_cpu_us_per_decision` (this process: the gateway plus the stand-in engine's sends
+  and receives) and `plc_sim_cpu_us_per_decision` (the simulated PLC's process): CPU time per
+  decision during the throughput run, from /proc; with `loadavg_1m` they tell a rate limited
+  by a shared, busy machine from one limited by the code (1e6 / the larger is the rate with a
+  core each).
 - `added_p50_us` / `added_p99_us`: how much later a decision reaches the PLC through the
   gateway than a PULL socket reading the decisions endpoint directly, measured side by side:
   one-decision messages, paced, whose tracking id is the send time (CLOCK_MONOTONIC, shared by
@@ -173,6 +178,12 @@ def _gateway(protocol: str, address: dict, eng: _Engine, preset: str):
                          load_registers(), max_age_s=None)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[int], q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) / 1000.0
 
@@ -189,6 +200,7 @@ def measure(protocol: str, n: int, samples: int, pace_s: float, preset: str) -> 
         window, batch = WINDOW[protocol], 256
         sent = got = 0
         next_id = 1
+        cpu_gw, cpu_sim = _cpu_s(os.getpid()), _cpu_s(sim.pid)
         t0 = time.monotonic()
         deadline = t0 + max(60.0, n / 500)
         while got < n and time.monotonic() < deadline:
@@ -202,6 +214,7 @@ def measure(protocol: str, n: int, samples: int, pace_s: float, preset: str) -> 
                 got += eng.confirms(50)
         wall = time.monotonic() - t0
         rate = got / wall
+        cpu_gw, cpu_sim = _cpu_s(os.getpid()) - cpu_gw, _cpu_s(sim.pid) - cpu_sim
         # latency through the gateway: tracking id = send time
         _ask(sim, "reset")
         for _ in range(samples):
@@ -226,6 +239,9 @@ def measure(protocol: str, n: int, samples: int, pace_s: float, preset: str) -> 
         eng.close()
     out = {
         "decisions": got, "wall_s": round(wall, 3), "decisions_per_s": round(rate, 1),
+        "gateway_cpu_us_per_decision": round(cpu_gw / max(got, 1) * 1e6, 2),
+        "plc_sim_cpu_us_per_decision": round(cpu_sim / max(got, 1) * 1e6, 2),
+        "loadavg_1m": os.getloadavg()[0],
         "latency_samples": len(via),
         "direct_p50_us": round(_pct(direct, 50), 1), "direct_p99_us": round(_pct(direct, 99), 1),
         "via_gateway_p50_us": round(_pct(via, 50), 1), "via_gateway_p99_us": round(_pct(via, 99), 1),
@@ -255,11 +271,12 @@ def run(args) -> dict:
 
 def report(r: dict) -> str:
     lines = [f"{'protocol':<8} {'decisions/s':>12} {'added p50 us':>13} {'added p99 us':>13} "
-             f"{'direct p99 us':>14}  goal"]
+             f"{'direct p99 us':>14} {'cpu us gw/plc':>14} {'load':>5}  goal"]
     for p, x in r["protocols"].items():
         lines.append(f"{p:<8} {x['decisions_per_s']:>12,.0f} {x['added_p50_us']:>13.1f} "
-                     f"{x['added_p99_us']:>13.1f} {x['direct_p99_us']:>14.1f}  "
-                     f"{'met' if x['meets_goal'] else 'MISSED'}")
+                     f"{x['added_p99_us']:>13.1f} {x['direct_p99_us']:>14.1f} "
+                     f"{x['gateway_cpu_us_per_decision']:>6.1f}/{x['plc_sim_cpu_us_per_decision']:<7.1f}"
+                     f"{x['loadavg_1m']:>5.1f}  {'met' if x['meets_goal'] else 'MISSED'}")
     return "\n".join(lines)
 
 
