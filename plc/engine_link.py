@@ -1,11 +1,11 @@
 """The gateway's engine side: DECISION messages in, CHUTE_STATUS and SORT_CONFIRM out (ZeroMQ).
 
 Every protocol shell uses this one class. Decisions are read as soon as they arrive and each
-is stamped with the moment the gateway received it (`Instruction.born`, on the monotonic
-clock): the engine sends a decision the moment it is made, and the gateway drains its socket
-without ever waiting for the PLC, so that moment is the decision time to within the transit
-time; the PLC side then drops what has aged past `--max-age-ms` before it goes out. The
-receive high-water mark is small so that a stalled gateway holds little in ZeroMQ either.
+gets its decision time on the gateway's monotonic clock (`Instruction.born`): from the
+message's `decided_ns` (a version 2 DECISION, docs/protocol.md 6.1: the engine's wall clock,
+so time spent in ZeroMQ queues counts), or for a version 1 message the moment the gateway
+received it. The protocol side then drops what has aged past `--max-age-ms` before it goes
+out. The receive high-water mark is small so that a stalled gateway holds little in ZeroMQ.
 """
 from __future__ import annotations
 
@@ -24,18 +24,17 @@ log = logging.getLogger("plc.engine")
 
 __all__ = ["EngineLink"]
 
-# The reason column's codes, as the sort instruction carries them (sorter.core.codes.REASONS).
-
 
 class EngineLink:
     """PULL on the engine's decisions endpoint, PUSH on its feedback endpoint."""
 
     def __init__(self, decisions: str, feedback: str, *, context: zmq.Context | None = None,
                  rcvhwm: int = 1000, sndhwm: int = 10000, linger_ms: int = 500,
-                 heartbeat_s: float = 1.0, clock=time.monotonic):
+                 heartbeat_s: float = 1.0, clock=time.monotonic, wall_ns=time.time_ns):
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
         self.clock = clock
+        self.wall_ns = wall_ns
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -78,9 +77,12 @@ class EngineLink:
                 continue
             self.counters["decision_messages"] += 1
             self.counters["decisions"] += len(payload)
+            born = now
+            if payload.decided_ns is not None:     # version 2: the engine's decision time
+                born = now - max(0.0, (self.wall_ns() - payload.decided_ns) / 1e9)
             for pid, ch, rs, ds in zip(payload.parcel_id.tolist(), payload.chute.tolist(),
                                        payload.reason.tolist(), payload.decision_seq.tolist()):
-                out.append(Instruction(pid, ch, 0, rs, now, ds))
+                out.append(Instruction(pid, ch, 0, rs, born, ds))
         return out
 
     def send_confirms(self, items: list[tuple[int, int, int]]) -> None:

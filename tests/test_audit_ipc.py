@@ -288,7 +288,8 @@ def test_turn_equals_router_wire_and_encoder(tmp_path, data):
         assert dest.tolist() == want.destination.tolist()
         dseq = np.arange(first, first + n, dtype=np.uint64)
         assert message == wire.encode_decisions("1", ev.parcel_ids, seq, dseq, want.chute,
-                                                want.reason, ev.scanner_ids, batch_seq=7)
+                                                want.reason, ev.scanner_ids, batch_seq=7,
+                                                decided_ns=now)
         encoder = _audit.DecisionEncoder()
         length = encoder.encode(now, ev.scanner_ids, ev.parcel_ids, seq, first,
                                 ev.event_offsets, ev.read_offsets, ev.data, want.chute,

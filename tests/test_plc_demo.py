@@ -70,3 +70,17 @@ def test_demo_cli_has_plc_flag():
     r = subprocess.run([sys.executable, "-m", "sorter.cli", "demo", "--help"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "--plc {tcp,opcua,modbus}" in r.stdout
+
+
+def test_engine_sends_decisions_with_their_decision_time(tmp_path):
+    engine = EngineProcess(tmp_path)
+    try:
+        before = time.time_ns()
+        engine.send_scans([[b"050010"], []], first_parcel=1)
+        batches = engine.receive_decisions(2)
+        after = time.time_ns()
+        for b in batches:
+            assert b.header.version == 2
+            assert before <= b.decided_ns <= after
+    finally:
+        assert engine.stop() == 0

@@ -16,7 +16,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from sorter._shared cimport column_data, new_column, offsets_bad
 from sorter.core._core cimport RouterState
 from sorter.audit._audit cimport DecisionEncoder
-from sorter.wire._wire cimport encode_decisions_c
+from sorter.wire._wire cimport encode_decisions_at_c
 
 import numpy as np
 
@@ -103,9 +103,9 @@ cdef class EngineTurn:
         self.n = 0
         self._ts_ref = None
         router.route_c(eo, ro, bytes_, rc, ts, now_ns, deadline_ns, chute, reason, dest, n)
-        message = encode_decisions_c(<const uint8_t*> (<char*> plan_version), len(plan_version),
-                                     n, pid, sq, NULL, first_decision_seq, chute, reason, sc,
-                                     batch_seq, max_frame, max_records)
+        message = encode_decisions_at_c(<const uint8_t*> (<char*> plan_version), len(plan_version),
+                                        n, pid, sq, NULL, first_decision_seq, chute, reason, sc,
+                                        batch_seq, max_frame, max_records, now_ns)
         self.audit_length = self.encoder.encode_c(
             now_ns, n, sc, pid, sq, first_decision_seq, eo, ro, bytes_, chute, reason, dest, no,
             n_names, nd, <const uint8_t*> (<char*> plan_version), len(plan_version), ts, rc,
