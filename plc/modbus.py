@@ -34,7 +34,7 @@ def require_pymodbus():
     """pymodbus, or SystemExit with a one-line message saying how to get it."""
     try:
         import pymodbus  # noqa: F401
-        from pymodbus.client import AsyncModbusTcpClient  # noqa: F401
+        from pymodbus.client import AsyncModbusTcpClient  # noqa: F401 - the client we need
     except ImportError:
         raise SystemExit("sorter plc --protocol modbus needs the pymodbus package: "
                          "pip install 'sorter[plc]' (or pip install 'pymodbus>=3.16')") from None

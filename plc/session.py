@@ -22,7 +22,7 @@ No sockets, no clock: every call is given `now` (seconds, monotonic). Outputs ar
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .telegrams import Malformed, Telegram, TelegramCodec, TelegramSplitter
@@ -302,7 +302,6 @@ class HostSession(_Session):
         self.max_age_s = max_age_s
         self._reports: list[tuple[int, int, int]] = []
         self._states: list[tuple[int, int]] = []
-        self.acked_decision_seqs: list[int] = []
 
     def submit(self, ins: Instruction, now: float) -> None:
         self.submit_many([ins], now)

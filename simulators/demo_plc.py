@@ -31,7 +31,6 @@ class ProtocolPlc:
             self._gateway = lambda: TcpGateway(self.sim.preset, decisions, feedback,
                                                connect=self.sim.address, max_age_s=max_age_s)
         elif protocol == "opcua":
-            from plc.models import load_nodes
             from plc.opcua import OpcUaGateway
             from .plc_opcua import OpcUaPlc
             self.sim = OpcUaPlc(plan, **kw)

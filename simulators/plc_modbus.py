@@ -95,7 +95,6 @@ class ModbusPlc:
         self._stop_evt = asyncio.Event()
         n_hr = max(m.instruction_end, m.report_end, m.instruction_ack + 1, m.report_ack + 1,
                    m.life_host + 1, m.life_plc + 1)
-        n_ir = m.chute_base + m.max_chute + 1
         states = [0] * (m.max_chute + 1)
         for c, s in self.machine.chute_states():
             if c <= m.max_chute:

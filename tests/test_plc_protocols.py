@@ -149,7 +149,7 @@ def test_opcua_node_model_by_hand(opcua_plc):
             written = await w.read_value()
             assert await r.read_value() == written   # nothing pending
             slot = written % m.instruction_slots
-            vals = [(f"TrackingId", 777, ua.VariantType.UInt64), ("Chute", 5, ua.VariantType.UInt16),
+            vals = [("TrackingId", 777, ua.VariantType.UInt64), ("Chute", 5, ua.VariantType.UInt16),
                     ("AltChute", 0, ua.VariantType.UInt16), ("Reason", 0, ua.VariantType.Byte),
                     ("Seq", written + 1, ua.VariantType.UInt32)]
             await c.write_values([c.get_node(m.instruction_node(slot, f)) for f, _, _ in vals]
