@@ -33,5 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="serve the chute wall (sorter dashboard) here and print its URL "
                         "(127.0.0.1:8080; a free port when that one is taken)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the chute wall")
+    p.add_argument("--plc", choices=["tcp", "opcua", "modbus"], default=None,
+                   help="run the PLC side through the PLC gateway (sorter plc) and a simulated "
+                        "PLC speaking this protocol (default: the ZeroMQ PLC simulator)")
     p.set_defaults(func=cmd_demo)
     return p

@@ -130,9 +130,10 @@ def _view(engine_status: dict | None, plc: dict, tunnel: dict, driver: dict, rat
 def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_clv",
              plan_path: str | None = None, audit_dir: str = "audit", seed: int = 0,
              live: bool | None = None, console: Console | None = None,
-             dashboard: str | None = None) -> DemoResult:
+             dashboard: str | None = None, plc_protocol: str | None = None) -> DemoResult:
     """Run the line for `seconds` at `rate` parcels/s; returns what happened and checks the
-    audit accounts for every simulated parcel."""
+    audit accounts for every simulated parcel. `plc_protocol` ("tcp", "opcua", "modbus"): the
+    simulated PLC speaks that protocol behind the PLC gateway (simulators/demo_plc.py)."""
     console = console or Console()
     live = console.is_terminal if live is None else live
     plan: Plan = load_plan(plan_path)
@@ -145,8 +146,14 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
     output = TcpTelegramOutput(fmt, "127.0.0.1", 0, listen=True)
     driver = ScannerDriver(fmt, scanner_id=1, engine_endpoint=engine.endpoints["scans"],
                            connect=output.address, silence_timeout_s=0)
-    plc = PlcSimulator(plan, engine.endpoints["decisions"], engine.endpoints["feedback"],
-                       registry=registry, loopback=loopback, seed=seed, **DEMO_LOOP)
+    if plc_protocol is None:
+        plc = PlcSimulator(plan, engine.endpoints["decisions"], engine.endpoints["feedback"],
+                           registry=registry, loopback=loopback, seed=seed, **DEMO_LOOP)
+    else:
+        from .demo_plc import ProtocolPlc
+        plc = ProtocolPlc(plc_protocol, plan, engine.endpoints["decisions"],
+                          engine.endpoints["feedback"], registry=registry, loopback=loopback,
+                          seed=seed, **DEMO_LOOP)
     tunnel = TunnelSimulator(plan, rate_per_s=rate, seed=seed, registry=registry,
                              loopback=loopback, output=output)
     engine_exit = None
@@ -287,7 +294,8 @@ def main_demo(args) -> int:
     result = run_demo(seconds=args.seconds, rate=args.rate, preset=args.preset,
                       plan_path=args.plan, audit_dir=args.audit_dir, seed=args.seed,
                       live=False if args.no_live else None, console=console,
-                      dashboard=None if args.no_dashboard else args.dashboard)
+                      dashboard=None if args.no_dashboard else args.dashboard,
+                      plc_protocol=getattr(args, "plc", None))
     print_summary(result, console)
     if args.json:
         Path(args.json).write_text(json.dumps({**result.__dict__, "ok": result.ok}, indent=2))

@@ -119,7 +119,7 @@ def test_suite_is_found_among_options():
     assert _selected_suite(["--quick", "--json", "x.json", "--plot", "p/"]) is None
     assert _selected_suite(["--json", "x.json", "core"]) == "core"
     assert _selected_suite(["engine", "--json", "x.json"]) == "engine"
-    assert list(bench.SUITES) == ["core", "peers", "engine", "audit", "memory", "replay"]
+    assert list(bench.SUITES) == ["core", "peers", "engine", "audit", "memory", "replay", "plc"]
 
 
 def test_every_suite_run_writes_figures_plots_and_readme(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from sorter._shared cimport column_data, new_column, offsets_bad
 from sorter.core._core cimport RouterState
-from sorter.wire._wire cimport encode_decisions_c
+from sorter.wire._wire cimport encode_decisions_at_c
 
 import numpy as np
 
@@ -89,10 +89,10 @@ cdef class BatchDecider:
         self.n = 0
         self._ts_ref = None
         router.route_c(eo, ro, bytes_, rc, ts, now_ns, self.deadline_ns, chute, reason, dest, n)
-        message = encode_decisions_c(<const uint8_t*> (<char*> self.plan_version),
-                                     len(self.plan_version), n, pid, sq, NULL,
-                                     first_decision_seq, chute, reason, sc, batch_seq,
-                                     self.max_frame, self.max_records)
+        message = encode_decisions_at_c(<const uint8_t*> (<char*> self.plan_version),
+                                        len(self.plan_version), n, pid, sq, NULL,
+                                        first_decision_seq, chute, reason, sc, batch_seq,
+                                        self.max_frame, self.max_records, now_ns)
         self.n = n
         self._ts = ts
         self._ts_ref = ts_ns

@@ -8,6 +8,7 @@ cdef enum:
     CHUTE_RECORD = 4
     CONFIRM_RECORD = 16
     VERSION = 1
+    VERSION_DECIDED = 2                 # a DECISION message with its decision time (protocol.md 6.1)
     K_SCAN = 1
     K_DECISION = 2
     K_CHUTE_STATUS = 3
@@ -74,3 +75,8 @@ cdef bytes encode_decisions_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ss
                               uint64_t first_dseq, const uint16_t* chute, const uint8_t* reason,
                               const uint16_t* psc, uint32_t batch_seq, Py_ssize_t max_frame,
                               Py_ssize_t max_records)
+cdef bytes encode_decisions_at_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ssize_t n,
+                                 const uint64_t* ppid, const uint64_t* pseq, const uint64_t* pdseq,
+                                 uint64_t first_dseq, const uint16_t* chute, const uint8_t* reason,
+                                 const uint16_t* psc, uint32_t batch_seq, Py_ssize_t max_frame,
+                                 Py_ssize_t max_records, int64_t decided_ns)

@@ -118,8 +118,8 @@ cdef int check_prefix(const uint8_t* p, Py_ssize_t n, Header* h, Py_ssize_t* off
     if n >= 2 and p[1] != 0x53:
         off[0] = 1
         return E_BAD_MAGIC
-    if n >= 3 and p[2] != VERSION:
-        off[0] = 2
+    if n >= 3 and p[2] != VERSION and not (p[2] == VERSION_DECIDED and n >= 4 and p[3] == K_DECISION):
+        off[0] = 2                  # version 2 exists for DECISION only (protocol.md 6.1)
         return E_UNKNOWN_VERSION
     if n >= 4 and (p[3] < K_SCAN or p[3] > K_HEARTBEAT):
         off[0] = 3
@@ -707,20 +707,23 @@ cdef int parse_decisions(const uint8_t* p, Py_ssize_t n, uint64_t* pid, uint64_t
 
 def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
     """-> (header tuple, plan_version bytes, parcel_id, seq, decision_seq, chute, reason,
-    scanner_id)."""
+    scanner_id, decided_ns: int, or None for a version 1 message)."""
     cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
     cdef Header h = _open(buf, &lim, K_DECISION)
     cdef Py_ssize_t n = h.count, body = h.body_len, plv, start, off = 0
+    cdef Py_ssize_t timed = 8 if h.version == VERSION_DECIDED else 0
     cdef const uint8_t* p = _ptr(buf)
     cdef int e = OK
     if body < 1:
         raise _fail(E_LENGTH_MISMATCH, 8, "a DECISION body starts with the plan_version length")
     plv = p[HEADER_SIZE]
-    if body - 1 < plv:
-        raise _fail(E_LENGTH_MISMATCH, HEADER_SIZE, "plan_version runs past the body")
-    start = HEADER_SIZE + 1 + plv
-    if body - 1 - plv != DECISION_RECORD * n:
-        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} DECISION records need {DECISION_RECORD * n} bytes after plan_version, the body has {body - 1 - plv}")
+    if body - 1 < plv + timed:
+        raise _fail(E_LENGTH_MISMATCH, HEADER_SIZE, "plan_version runs past the body" if body - 1 < plv
+                    else "decided_ns runs past the body")
+    start = HEADER_SIZE + 1 + plv + timed
+    if body - 1 - plv - timed != DECISION_RECORD * n:
+        raise _fail(E_LENGTH_MISMATCH, 4, f"{n} DECISION records need {DECISION_RECORD * n} bytes after plan_version, the body has {body - 1 - plv - timed}")
+    decided = <int64_t>ld64(p + HEADER_SIZE + 1 + plv) if timed else None
     plan_version = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE + 1, plv)
     cdef cnp.ndarray pid = new_column(n, cnp.NPY_UINT64), seq = new_column(n, cnp.NPY_UINT64)
     cdef cnp.ndarray dseq = new_column(n, cnp.NPY_UINT64), chute = new_column(n, cnp.NPY_UINT16)
@@ -735,11 +738,13 @@ def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t ma
         e = parse_decisions(p + start, n, ppid, pseq, pdseq, pchute, preason, psc, &off)
     if e != OK:
         raise _fail(e, start + off)
-    return (_header_tuple(&h), plan_version, pid, seq, dseq, chute, reason, sc)
+    return (_header_tuple(&h), plan_version, pid, seq, dseq, chute, reason, sc, decided)
 
 
 def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_,
-                     uint32_t batch_seq, Py_ssize_t max_frame, Py_ssize_t max_records):
+                     uint32_t batch_seq, Py_ssize_t max_frame, Py_ssize_t max_records,
+                     decided_ns=None):
+    """decided_ns None: a version 1 message; an int: version 2 carrying it."""
     cdef cnp.ndarray pid = _as(pid_, cnp.NPY_UINT64, "parcel_id")
     cdef cnp.ndarray seq = _as(seq_, cnp.NPY_UINT64, "seq")
     cdef cnp.ndarray dseq = _as(dseq_, cnp.NPY_UINT64, "decision_seq")
@@ -751,11 +756,14 @@ def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_
             or cnp.PyArray_DIM(chute_a, 0) != n or cnp.PyArray_DIM(reason_a, 0) != n \
             or cnp.PyArray_DIM(sc, 0) != n:
         raise WireError("bad_record", None, f"columns must all have {n} entries")
-    return encode_decisions_c(<const uint8_t*> (<char*> plan_version), len(plan_version), n,
-                              <const uint64_t*>column_ptr(pid), <const uint64_t*>column_ptr(seq),
-                              <const uint64_t*>column_ptr(dseq), 0, <const uint16_t*>column_ptr(chute_a),
-                              <const uint8_t*>column_ptr(reason_a), <const uint16_t*>column_ptr(sc), batch_seq,
-                              max_frame, max_records)
+    if decided_ns is not None and not -2**63 <= decided_ns < 2**63:
+        raise WireError("bad_record", None, f"decided_ns {decided_ns} is not an int64")
+    return _encode_decisions(<const uint8_t*> (<char*> plan_version), len(plan_version), n,
+                             <const uint64_t*>column_ptr(pid), <const uint64_t*>column_ptr(seq),
+                             <const uint64_t*>column_ptr(dseq), 0, <const uint16_t*>column_ptr(chute_a),
+                             <const uint8_t*>column_ptr(reason_a), <const uint16_t*>column_ptr(sc), batch_seq,
+                             max_frame, max_records, decided_ns if decided_ns is not None else 0,
+                             decided_ns is not None)
 
 
 cdef bytes encode_decisions_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ssize_t n,
@@ -763,8 +771,27 @@ cdef bytes encode_decisions_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ss
                               uint64_t first_dseq, const uint16_t* chute, const uint8_t* reason,
                               const uint16_t* psc, uint32_t batch_seq, Py_ssize_t max_frame,
                               Py_ssize_t max_records):
-    """One DECISION message from column pointers (n entries each); pdseq NULL: decision
-    sequence numbers first_dseq, first_dseq + 1, ... Raises WireError."""
+    """One version 1 DECISION message from column pointers (n entries each); pdseq NULL:
+    decision sequence numbers first_dseq, first_dseq + 1, ... Raises WireError."""
+    return _encode_decisions(plan_version, plv, n, ppid, pseq, pdseq, first_dseq, chute, reason,
+                             psc, batch_seq, max_frame, max_records, 0, False)
+
+
+cdef bytes encode_decisions_at_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ssize_t n,
+                                 const uint64_t* ppid, const uint64_t* pseq, const uint64_t* pdseq,
+                                 uint64_t first_dseq, const uint16_t* chute, const uint8_t* reason,
+                                 const uint16_t* psc, uint32_t batch_seq, Py_ssize_t max_frame,
+                                 Py_ssize_t max_records, int64_t decided_ns):
+    """`encode_decisions_c` as a version 2 message carrying the decision time `decided_ns`."""
+    return _encode_decisions(plan_version, plv, n, ppid, pseq, pdseq, first_dseq, chute, reason,
+                             psc, batch_seq, max_frame, max_records, decided_ns, True)
+
+
+cdef bytes _encode_decisions(const uint8_t* plan_version, Py_ssize_t plv, Py_ssize_t n,
+                             const uint64_t* ppid, const uint64_t* pseq, const uint64_t* pdseq,
+                             uint64_t first_dseq, const uint16_t* chute, const uint8_t* reason,
+                             const uint16_t* psc, uint32_t batch_seq, Py_ssize_t max_frame,
+                             Py_ssize_t max_records, int64_t decided_ns, bint timed):
     cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
     cdef Py_ssize_t i, total, pos
     cdef uint8_t* q
@@ -774,7 +801,7 @@ cdef bytes encode_decisions_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ss
         raise WireError("bad_record", None, f"plan_version is {plv} bytes, at most 255")
     if n > lim.max_records:
         raise WireError("too_many_records", None, f"{n} decisions, the limit is {lim.max_records}")
-    total = HEADER_SIZE + 1 + plv + DECISION_RECORD * n
+    total = HEADER_SIZE + 1 + plv + (8 if timed else 0) + DECISION_RECORD * n
     if total > lim.max_frame:
         raise WireError("oversized", None, f"{total} bytes, the limit is {lim.max_frame}")
     out = PyBytes_FromStringAndSize(NULL, total)
@@ -784,6 +811,10 @@ cdef bytes encode_decisions_c(const uint8_t* plan_version, Py_ssize_t plv, Py_ss
     if plv:
         memcpy(q + HEADER_SIZE + 1, <const char*>plan_version, plv)
     pos = HEADER_SIZE + 1 + plv
+    if timed:
+        q[2] = VERSION_DECIDED
+        st64(q + pos, <uint64_t>decided_ns)
+        pos += 8
     with nogil:
         for i in range(n):
             if reason[i] >= N_REASONS:

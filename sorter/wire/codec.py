@@ -38,7 +38,7 @@ from sorter.core.codes import CHUTE_STATES, REASONS
 from sorter.core.events import EventBatch
 
 __all__ = [
-    "MAGIC", "VERSION", "HEADER_SIZE", "SCAN", "DECISION", "CHUTE_STATUS", "SORT_CONFIRM",
+    "MAGIC", "VERSION", "VERSION_DECIDED", "HEADER_SIZE", "SCAN", "DECISION", "CHUTE_STATUS", "SORT_CONFIRM",
     "HEARTBEAT", "KIND_NAMES", "OUTCOMES", "ERROR_CODES", "MAX_FRAME", "MAX_RECORDS",
     "MAX_READS", "MAX_READ_LEN", "Limits", "DEFAULT_LIMITS", "WireError", "Header", "ScanBatch",
     "DecisionBatch", "ChuteStatusBatch", "SortConfirmBatch", "ScanBatches", "peek_header",
@@ -50,6 +50,7 @@ __all__ = [
 
 MAGIC = b"PS"
 VERSION = 1
+VERSION_DECIDED = 2      # a DECISION message that carries its decision time (protocol.md 6.1)
 HEADER_SIZE = 16
 
 # Message kinds (header byte 3).
@@ -163,6 +164,7 @@ class DecisionBatch:
     chute: np.ndarray          # uint16, 0 = no divert
     reason: np.ndarray         # uint8, index into codes.REASONS
     scanner_id: np.ndarray     # uint16
+    decided_ns: int | None = None   # when the engine made them (version 2); None: version 1
 
     def __len__(self) -> int:
         return len(self.parcel_id)
@@ -301,14 +303,16 @@ def decode_scans(frames, *, limits: Limits = DEFAULT_LIMITS) -> ScanBatches:
 # DECISION
 
 def encode_decisions(plan_version: str, parcel_id, seq, decision_seq, chute, reason, scanner_id,
-                     batch_seq: int = 0, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
+                     batch_seq: int = 0, *, limits: Limits = DEFAULT_LIMITS,
+                     decided_ns: int | None = None) -> bytes:
     """One DECISION message: one record per entry of the columns, all made by the plan
     `plan_version` (UTF-8, at most 255 bytes). `reason` holds codes.REASONS indices (or
-    names). Raises WireError."""
+    names). With `decided_ns` (ns since the Unix epoch, when the decisions were made) the
+    message is version 2 and carries it (docs/protocol.md 6.1). Raises WireError."""
     return _wire.encode_decisions(
         plan_version.encode("utf-8"), parcel_id, seq, decision_seq, chute,
         _codes(reason, REASONS), scanner_id, _seq32(batch_seq), limits.max_frame,
-        limits.max_records)
+        limits.max_records, decided_ns)
 
 
 def encode_decisions_for(plan_version: str, scans: ScanBatch, decisions, first_decision_seq: int,
@@ -325,14 +329,14 @@ def encode_decisions_for(plan_version: str, scans: ScanBatch, decisions, first_d
 
 def decode_decisions(buf, *, limits: Limits = DEFAULT_LIMITS) -> DecisionBatch:
     """The records of a DECISION message. Raises WireError."""
-    h, plv, pid, seq, dseq, chute, reason, sc = _wire.decode_decisions(
+    h, plv, pid, seq, dseq, chute, reason, sc, decided = _wire.decode_decisions(
         buf, limits.max_frame, limits.max_records)
     try:
         plan_version = plv.decode("utf-8")
     except UnicodeDecodeError as e:
         raise WireError("bad_record", HEADER_SIZE + 1 + e.start,
                         "plan_version is not UTF-8") from None
-    return DecisionBatch(_header(h), plan_version, pid, seq, dseq, chute, reason, sc)
+    return DecisionBatch(_header(h), plan_version, pid, seq, dseq, chute, reason, sc, decided)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +454,10 @@ def annotate(buf, *, limits: Limits = DEFAULT_LIMITS) -> str:
         if plv:
             field(pos + 1, plv, f"plan_version {_text(b[pos + 1: pos + 1 + plv])}")
         pos += 1 + plv
+        if header.version == VERSION_DECIDED:
+            t = payload.decided_ns
+            field(pos, 8, f"decided_ns {t} = {_when(t)}")
+            pos += 8
         for i in range(header.count):
             note(f"-- decision {i}")
             field(pos, 8, f"parcel_id {u(pos, 8)}")
