@@ -31,17 +31,28 @@ class EngineConfig:
     rotate_mb: float = 256.0
     rotate_s: float = 3600.0
     log_level: str = "INFO"
+    plan_dir: str | None = None                   # load_plan reads only below it (None: cwd)
+    plan_max_mb: float = 256.0                    # load_plan refuses a larger plan file
+    keys: str | None = None                       # `sorter keys init` dir: CURVE on control
+    auth_feedback: bool = False                   # CURVE on feedback too (needs keys)
+    insecure: bool = False                        # allow control on a non-loopback address
+                                                  # without keys
 
     def with_overrides(self, **overrides) -> "EngineConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 SECTIONS = {
-    "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level"},
+    "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level",
+               "plan_dir", "plan_max_mb"},
     "endpoints": {"scans", "decisions", "feedback", "control", "metrics"},
     "zmq": {"rcvhwm", "sndhwm", "linger_ms", "native_io"},
     "audit": {"dir", "fsync_interval_s", "rotate_mb", "rotate_s"},
+    "security": {"keys", "auth_feedback", "insecure"},
 }
+
+# Paths in a config file are relative to the file, not to the directory the engine starts in.
+_PATHS = ("plan", "audit_dir", "plan_dir", "keys")
 
 
 class ConfigError(ValueError):
@@ -82,6 +93,7 @@ def load_config(path: str | Path | None) -> EngineConfig:
             if not ok:
                 raise ConfigError(f"{path}: [{section}] {key}: expected {expected}, got {value!r}")
             values[name] = value
-    if "plan" in values and not Path(values["plan"]).is_absolute():
-        values["plan"] = str(path.parent / values["plan"])
+    for name in _PATHS:
+        if isinstance(values.get(name), str) and not Path(values[name]).is_absolute():
+            values[name] = str(path.parent / values[name])
     return replace(config, **values)

@@ -27,6 +27,7 @@ from sorter.audit import AuditWriter, recover
 from sorter.core.codes import REASONS
 from sorter.engine.config import EngineConfig
 from sorter.engine.control import Control
+from sorter.engine.keys import check_exposure, make_server, start_authenticator
 from sorter.core.events import Decisions, arrow_offsets_data
 from sorter.engine.metrics import EngineMetrics
 from sorter.plan import Plan, PlanError, load_plan
@@ -87,16 +88,18 @@ class Engine:
     def bind(self) -> dict[str, str]:
         """Open the audit and bind every socket; returns the actual endpoints."""
         c = self.config
+        check_exposure(c)                       # before anything binds (docs/engine.md)
         recovered = recover(c.audit_dir)
         if recovered:
             _log(logging.WARNING, "audit recovered", files=[str(p) for p in recovered])
         self.audit = AuditWriter(c.audit_dir, rotate_bytes=int(c.rotate_mb * 1024 * 1024),
                                  rotate_seconds=c.rotate_s, fsync_interval_s=c.fsync_interval_s)
         self._ctx = zmq.Context()
+        self._auth = start_authenticator(self._ctx, c.keys) if c.keys else None
         self.scans = self._socket(zmq.PULL, c.scans, "scans", rcvhwm=c.rcvhwm)
         self.decisions = self._socket(zmq.PUSH, c.decisions, "decisions", sndhwm=c.sndhwm)
         self.feedback = self._socket(zmq.PULL, c.feedback, "feedback", rcvhwm=c.rcvhwm)
-        self.control = self._socket(zmq.REP, c.control, "control")
+        self.control = self._socket(zmq.ROUTER, c.control, "control")
         self.poller = zmq.Poller()
         for s in (self.scans, self.feedback, self.control):
             self.poller.register(s, zmq.POLLIN)
@@ -130,6 +133,9 @@ class Engine:
             s.setsockopt(zmq.SNDHWM, sndhwm)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
+        if self.config.keys and (name == "control" or (name == "feedback"
+                                                       and self.config.auth_feedback)):
+            make_server(s, self.config.keys)
         s.bind(endpoint)
         self.endpoints[name] = s.getsockopt_string(zmq.LAST_ENDPOINT)
         return s
@@ -170,6 +176,8 @@ class Engine:
         self.decisions.setsockopt(zmq.LINGER, self.config.linger_ms)
         for s in (self.scans, self.feedback, self.control, self.decisions):
             s.close()
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
         self._ctx = None
         self.control_handler.close()
