@@ -44,3 +44,85 @@ def test_core_and_reference_agree_on_late_over_the_whole_int64_range(ts, now, de
     assert core.reason.tolist() == ref.reason.tolist()
     expected = [deadline > 0 and now - t > deadline for t in ts]      # Python ints: exact
     assert [r == LATE for r in core.reason.tolist()] == expected
+
+
+# -- the wire on a real engine ------------------------------------------------------------------
+
+def scan_frame(first: int, n: int = 1, batch_seq: int = 0) -> bytes:
+    ids = np.arange(first, first + n, dtype=np.uint64)
+    batch = EventBatch.from_reads([[b"050010"]] * n, parcel_ids=ids,
+                                  ts_ns=np.full(n, time.time_ns(), np.int64))
+    return wire.encode_scan(batch, ids, batch_seq=batch_seq)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    from engine_harness import EngineProcess
+    config = tmp_path / "engine.toml"
+    config.write_text("[engine]\nmax_frame = 4096\n")
+    e = EngineProcess(tmp_path, "--config", str(config))
+    yield e
+    assert e.stop() == 0
+
+
+def test_an_oversized_frame_is_refused_by_zeromq_and_the_line_keeps_running(engine):
+    """docs/protocol.md 11.2: larger than max_frame never reaches the engine (not counted, not
+    audited); the sender's connection is closed and comes back by itself."""
+    from engine_harness import flatten
+    from sorter.audit import read_audit
+    big = scan_frame(1000, 300)
+    assert len(big) > 4096
+    engine.scanner.send(big)
+    time.sleep(0.5)
+    counters = engine.control("status")["counters"]
+    assert counters["messages"] == 0 and counters["malformed"] == 0
+    engine.scanner.send(scan_frame(1))              # the connection is back: decided
+    assert flatten(engine.receive_decisions(1))["parcel_id"].tolist() == [1]
+    assert engine.control("status")["counters"]["malformed"] == 0
+    engine.stop()
+    ids = read_audit(engine.audit_dir).column("parcel_id").to_pylist()
+    assert ids == [1]
+
+
+def test_each_frame_of_a_multipart_scan_message_is_a_message(engine):
+    """docs/protocol.md section 2: parts are taken one by one; a message split over two parts
+    is two malformed messages (counted, audited), whole messages in parts are decided."""
+    from engine_harness import flatten
+    engine.scanner.send_multipart([scan_frame(2), scan_frame(3)])
+    assert sorted(flatten(engine.receive_decisions(2))["parcel_id"].tolist()) == [2, 3]
+    frame = scan_frame(4)
+    engine.scanner.send_multipart([frame[:10], frame[10:]])
+    status = engine.wait_until(lambda s: s["counters"]["malformed"] == 2)
+    assert status["counters"]["malformed_by_error"] == {"truncated": 1, "bad_magic": 1}
+    assert status["counters"]["events"] == 2
+
+
+def test_heartbeats_on_the_decisions_link_continue_batch_seq(engine):
+    seqs, kinds = [], []
+    deadline = time.monotonic() + 3.2
+    parcel = 0
+    engine.plc.setsockopt(zmq.RCVTIMEO, 200)
+    while time.monotonic() < deadline:
+        parcel += 1
+        engine.scanner.send(scan_frame(parcel))
+        for _ in range(5):
+            try:
+                header, _ = wire.decode_message(engine.plc.recv())
+            except zmq.Again:
+                break
+            seqs.append(header.batch_seq)
+            kinds.append(header.kind)
+        time.sleep(0.1)
+    assert kinds.count(wire.HEARTBEAT) >= 2 and kinds.count(wire.DECISION) >= 10
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))     # +1 per message sent
+
+
+def test_malformed_messages_count_as_malformed_decisions(engine):
+    import urllib.request
+    for frame in (b"garbage", b"PS\x01\x01" + b"\x00" * 20, scan_frame(5)[:-1]):
+        engine.scanner.send(frame)
+    status = engine.wait_until(lambda s: s["counters"]["malformed"] == 3)
+    assert status["counters"]["decisions"]["malformed"] == 3
+    text = urllib.request.urlopen(engine.endpoints["metrics"], timeout=10).read().decode()
+    assert 'sorter_decisions_total{reason="malformed"} 3.0' in text
+    assert "sorter_malformed_messages_total 3.0" in text

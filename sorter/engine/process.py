@@ -216,8 +216,10 @@ class Engine:
         self.audit.tick()           # seals a file whose time is up on a quiet line
         if now - self._last_heartbeat >= 1.0:
             self._last_heartbeat = now
+            seq = (self.batch_seq + 1) & 0xFFFFFFFF       # a message on the link: one more
             try:
-                self.decisions.send(wire.encode_heartbeat(), zmq.NOBLOCK)
+                self.decisions.send(wire.encode_heartbeat(seq), zmq.NOBLOCK)
+                self.batch_seq = seq
             except zmq.Again:
                 pass
 
