@@ -21,8 +21,9 @@ class EngineConfig:
     deadline_ms: float = 500.0                    # older scans are decided `late`; 0 disables
     batch_max: int = 8192                         # events routed per core call, at most
     poll_ms: int = 50                             # idle wake-up (timers: fsync, status)
-    rcvhwm: int = 100_000                         # messages queued per input socket
-    sndhwm: int = 100_000                         # decision messages queued for the PLC side
+    rcvhwm: int = 1_000                           # messages queued per input socket (the bound
+                                                  # on what the engine accepts: docs/engine.md)
+    sndhwm: int = 10_000                          # decision messages queued for the PLC side
     linger_ms: int = 1000                         # how long close() may flush decisions
     native_io: bool = True                        # drain/send through libzmq's C API if found
     max_frame: int = 16 * 1024 * 1024             # larger messages are malformed

@@ -29,6 +29,7 @@ from sorter.engine.config import EngineConfig
 from sorter.engine.control import Control
 from sorter.engine.keys import check_exposure, make_server, start_authenticator
 from sorter.core.events import Decisions, arrow_offsets_data
+from sorter.engine.memory import MemoryReturn
 from sorter.engine.metrics import EngineMetrics
 from sorter.plan import Plan, PlanError, load_plan
 from sorter.core.router import Router
@@ -83,6 +84,7 @@ class Engine:
         self._turn = _turn.EngineTurn(capacity=min(config.batch_max, 1 << 16))
         self._limits = wire.Limits(max_frame=config.max_frame)
         self._deadline_ns = int(config.deadline_ms * 1e6)
+        self._memory = MemoryReturn()          # the heap back to the OS after a burst
 
     # -- setup and teardown -----------------------------------------------------------------
     def bind(self) -> dict[str, str]:
@@ -213,6 +215,7 @@ class Engine:
             return
         self._last_fold = now
         self._fold_metrics()
+        self._memory.tick(self.metrics.events)
         self.audit.tick()           # seals a file whose time is up on a quiet line
         if now - self._last_heartbeat >= 1.0:
             self._last_heartbeat = now
