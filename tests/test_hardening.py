@@ -182,3 +182,15 @@ def test_a_flood_is_bounded_and_its_memory_given_back(tmp_path):
         assert after - base < 40, (base, peak, after)     # was +190 MB kept after the drain
     finally:
         assert e.stop() == 0
+
+
+def test_route_refuses_a_chute_the_plan_does_not_have():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "sorter.cli", "route", "--full", "999"],
+                         input=b"42\t050010\n", capture_output=True, timeout=60)
+    assert out.returncode == 2 and b"chute 999 is not a chute of plan" in out.stderr
+    assert out.stdout == b""
+    ok = subprocess.run([sys.executable, "-m", "sorter.cli", "route", "--full", "5"],
+                        input=b"42\t050010\n", capture_output=True, timeout=60)
+    assert ok.returncode == 0 and b'"parcel_id": "42"' in ok.stdout
