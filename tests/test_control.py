@@ -185,7 +185,7 @@ def test_any_chute_number_and_state(served, chute, state):
     assert served.running
 
 
-# -- load_plan: regular files below plan_dir, a size limit, off the control thread ------------------
+# -- load_plan: regular files below plan_dir, a size limit, off the control thread
 
 def plan_copy(folder: Path, version: str, manifest_rows: int = 0) -> Path:
     shutil.copytree(DEFAULT_PLAN.parent, folder)

@@ -51,7 +51,7 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     for name, help_ in (("scans", "PULL endpoint for scan events"),
                         ("decisions", "PUSH endpoint for decisions to the PLC side"),
                         ("feedback", "PULL endpoint for chute status and sort confirmations"),
-                        ("control", "REP endpoint for status, plan load, chutes, stop")):
+                        ("control", "ROUTER endpoint (REQ clients): status, plans, chutes, stop")):
         p.add_argument(f"--{name}", default=None, metavar="ENDPOINT", help=help_)
     p.add_argument("--metrics", default=None, metavar="HOST:PORT",
                    help="Prometheus endpoint ('' disables)")

@@ -16,7 +16,7 @@ class EngineConfig:
     scans: str = "tcp://127.0.0.1:5555"           # PULL: scanner drivers PUSH scan events here
     decisions: str = "tcp://127.0.0.1:5556"       # PUSH: the PLC side PULLs decisions here
     feedback: str = "tcp://127.0.0.1:5557"        # PULL: chute status, sort confirmations
-    control: str = "tcp://127.0.0.1:5558"         # REP: status, plan load, chutes, stop
+    control: str = "tcp://127.0.0.1:5558"         # ROUTER: status, plan load, chutes, stop
     metrics: str = "127.0.0.1:9108"               # Prometheus HTTP endpoint; "" disables
     deadline_ms: float = 500.0                    # older scans are decided `late`; 0 disables
     batch_max: int = 8192                         # events routed per core call, at most
