@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from sorter.core.codes import CHUTE_STATES
 from sorter.engine.config import EngineConfig
 from sorter.engine.control_client import ControlError, request
-from sorter.engine.keys import KeysError, init_keys, is_loopback, make_client
+from sorter.engine.keys import (KeysError, check_exposure, init_keys, is_loopback,
+                                make_client)
 from sorter.engine.process import Engine
 from sorter.plan import DEFAULT_PLAN, load_plan
 from strategies import s10
@@ -288,6 +289,13 @@ def test_engine_refuses_control_on_the_network_without_keys(tmp_path):
     assert not (tmp_path / "a2").exists()
     with pytest.raises(KeysError, match="needs keys"):
         Engine(engine_config(tmp_path, auth_feedback=True)).bind()
+    # told --insecure, or given keys, the check lets it through (not bound here: tests bind
+    # only 127.0.0.1)
+    check_exposure(config.with_overrides(insecure=True))
+    init_keys(tmp_path / "keys")
+    check_exposure(config.with_overrides(keys=str(tmp_path / "keys")))
+    with pytest.raises(KeysError, match="cannot load key"):
+        check_exposure(config.with_overrides(keys=str(tmp_path / "no-keys")))
 
 
 def test_keys_init_writes_pairs_and_refuses_to_overwrite(tmp_path):
