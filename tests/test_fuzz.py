@@ -146,3 +146,36 @@ def test_fuzz_control_handler(tmp_path_factory, parts):
     assert isinstance(reply["ok"], bool)
     assert reply["ok"] or isinstance(reply["error"], str)
     json.dumps(reply, default=str)               # what _send does: it can always be sent
+
+
+@FUZZ
+@given(path=st.one_of(st.text(max_size=40), st.sampled_from([
+    "plan.toml", "nul.toml", "devzero.toml", "fifo", "zero", "dir", "../x.toml", "/dev/zero", "/etc/passwd", ".", "",
+    "link/plan.toml", "plan.toml/..", "./plan.toml", "dir/../plan.toml", "\x00"])))
+def test_fuzz_plan_files(tmp_path_factory, path):
+    """Whatever path a load_plan names: a regular file below plan_dir, or a RequestError."""
+    from sorter.engine.control import RequestError, check_plan_files
+    root = _plan_dir(tmp_path_factory)
+    try:
+        got = check_plan_files(path, str(root), 4096)
+    except RequestError as e:
+        assert str(e)
+    else:
+        assert got.is_file() and root.resolve() in got.parents and got.stat().st_size <= 4096
+
+
+_ROOT = []
+
+
+def _plan_dir(tmp_path_factory):
+    if not _ROOT:
+        root = tmp_path_factory.mktemp("fuzz_plan_dir")
+        (root / "plan.toml").write_text('[files]\nmanifest = "m.csv"\n')
+        (root / "nul.toml").write_text('[files]\nmanifest = "a\\u0000b"\n')
+        (root / "devzero.toml").write_text('[files]\nmanifest = "/dev/zero"\n')
+        os.mkfifo(root / "fifo")
+        (root / "zero").symlink_to("/dev/zero")
+        (root / "dir").mkdir()
+        (root / "link").symlink_to(root)
+        _ROOT.append(root)
+    return _ROOT[0]

@@ -84,6 +84,8 @@ def check_plan_files(path, plan_dir, max_bytes: int) -> Path:
 
 
 def _admit(path: Path, root: Path, max_bytes: int, *, missing_ok: bool = False) -> Path:
+    if "\x00" in str(path):
+        raise RequestError(f"{str(path)!r}: a path holds no NUL byte")
     real = Path(os.path.realpath(path))
     if real != root and root not in real.parents:
         raise RequestError(f"{path}: outside the plan directory {root} (setting plan_dir)")
