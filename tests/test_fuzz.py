@@ -7,7 +7,7 @@ handler of a real Engine object (a reply, always, that the socket can send).
 
 In the suite each property runs FUZZ_EXAMPLES examples (default 1000). The fuzzing run:
 
-    FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest -q tests/test_fuzz.py
+    FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest -q --timeout 0 tests/test_fuzz.py
 """
 from __future__ import annotations
 
