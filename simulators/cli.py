@@ -21,8 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "scanner driver, and a simulated PLC/sorter loop, all on 127.0.0.1; show "
                     "parcels/s, read rate, reasons, chute fill and latency live; then print a "
                     "summary and where the audit files are. Ctrl-C stops everything cleanly.")
-    p.add_argument("--seconds", type=float, default=20.0, metavar="N", help="how long (20)")
-    p.add_argument("--rate", type=float, default=50.0, metavar="R", help="parcels/s (50)")
+    p.add_argument("--seconds", type=float, default=20.0, metavar="N", help="seconds, above 0 (20)")
+    p.add_argument("--rate", type=float, default=50.0, metavar="R", help="parcels/s, above 0 (50)")
     p.add_argument("--preset", default="sick_clv", help="scanner telegram preset (sick_clv)")
     p.add_argument("--plan", default=None, metavar="PLAN", help="plan (the bundled one)")
     p.add_argument("--audit-dir", default="audit", metavar="DIR", help="audit directory (./audit)")

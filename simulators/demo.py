@@ -12,7 +12,9 @@ real telegrams from a real TCP socket, every decision lands in the Arrow audit.
 from __future__ import annotations
 
 import json
+import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +72,11 @@ class EngineProcess:
         self.child = Child("the engine", engine_command(audit_dir, plan=plan_path), log_path,
                            new_session=True)
         self.proc = self.child.proc
-        self.endpoints = self.child.wait_ready()["endpoints"]
+        try:
+            self.endpoints = self.child.wait_ready()["endpoints"]
+        except BaseException:
+            self.child.kill()
+            raise
 
     def status(self) -> dict | None:
         try:
@@ -81,6 +87,13 @@ class EngineProcess:
     def stop(self, timeout_s: float = 30.0) -> int:
         code = self.child.stop(signal.SIGTERM, timeout_s)
         return self.proc.returncode if code is None else code
+
+
+def check_demo_args(seconds: float, rate: float) -> None:
+    """ValueError naming the argument: both must be finite and above zero."""
+    for name, value in (("--seconds", seconds), ("--rate", rate)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a number above 0, got {value!r}")
 
 
 def _view(engine_status: dict | None, plc: dict, tunnel: dict, driver: dict, rate_now: float,
@@ -134,6 +147,7 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
     """Run the line for `seconds` at `rate` parcels/s; returns what happened and checks the
     audit accounts for every simulated parcel. `plc_protocol` ("tcp", "opcua", "modbus"): the
     simulated PLC speaks that protocol behind the PLC gateway (simulators/demo_plc.py)."""
+    check_demo_args(seconds, rate)          # before anything starts
     console = console or Console()
     live = console.is_terminal if live is None else live
     plan: Plan = load_plan(plan_path)
@@ -142,20 +156,27 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
     audit.mkdir(parents=True, exist_ok=True)
     # the audit directory holds audit data only: the engine's log goes beside it
     engine = EngineProcess(audit, plan_path, audit.parent / f"{audit.name}-engine.log")
-    registry, loopback = Registry(), LoopBack()
-    output = TcpTelegramOutput(fmt, "127.0.0.1", 0, listen=True)
-    driver = ScannerDriver(fmt, scanner_id=1, engine_endpoint=engine.endpoints["scans"],
-                           connect=output.address, silence_timeout_s=0)
-    if plc_protocol is None:
-        plc = PlcSimulator(plan, engine.endpoints["decisions"], engine.endpoints["feedback"],
-                           registry=registry, loopback=loopback, seed=seed, **DEMO_LOOP)
-    else:
-        from .demo_plc import ProtocolPlc
-        plc = ProtocolPlc(plc_protocol, plan, engine.endpoints["decisions"],
-                          engine.endpoints["feedback"], registry=registry, loopback=loopback,
-                          seed=seed, **DEMO_LOOP)
-    tunnel = TunnelSimulator(plan, rate_per_s=rate, seed=seed, registry=registry,
-                             loopback=loopback, output=output)
+    output = None
+    try:                                    # no engine left behind if a part fails to start
+        registry, loopback = Registry(), LoopBack()
+        output = TcpTelegramOutput(fmt, "127.0.0.1", 0, listen=True)
+        driver = ScannerDriver(fmt, scanner_id=1, engine_endpoint=engine.endpoints["scans"],
+                               connect=output.address, silence_timeout_s=0)
+        if plc_protocol is None:
+            plc = PlcSimulator(plan, engine.endpoints["decisions"], engine.endpoints["feedback"],
+                               registry=registry, loopback=loopback, seed=seed, **DEMO_LOOP)
+        else:
+            from .demo_plc import ProtocolPlc
+            plc = ProtocolPlc(plc_protocol, plan, engine.endpoints["decisions"],
+                              engine.endpoints["feedback"], registry=registry,
+                              loopback=loopback, seed=seed, **DEMO_LOOP)
+        tunnel = TunnelSimulator(plan, rate_per_s=rate, seed=seed, registry=registry,
+                                 loopback=loopback, output=output)
+    except BaseException:
+        engine.stop()
+        if output is not None:
+            output.close()
+        raise
     engine_exit = None
     web = None
     try:
@@ -175,15 +196,17 @@ def run_demo(*, seconds: float = 20.0, rate: float = 50.0, preset: str = "sick_c
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
-        tunnel.stop()
-        _settle(engine, driver)
-        driver.stop()
-        plc.stop()
-        status = engine.status()
-        engine_exit = engine.stop()
-        output.close()
-        if web is not None:
-            web.stop()
+        try:
+            tunnel.stop()
+            _settle(engine, driver)
+            driver.stop()
+            plc.stop()
+            status = engine.status()
+        finally:
+            engine_exit = engine.stop()     # whatever failed above, the engine stops
+            output.close()
+            if web is not None:
+                web.stop()
     return _result(seconds, rate, preset, audit, engine_exit, status, tunnel, registry)
 
 
@@ -291,6 +314,11 @@ def print_summary(result: DemoResult, console: Console) -> None:
 
 def main_demo(args) -> int:
     console = Console()
+    try:
+        check_demo_args(args.seconds, args.rate)
+    except ValueError as e:
+        print(f"sorter demo: {e}", file=sys.stderr)
+        return 2
     result = run_demo(seconds=args.seconds, rate=args.rate, preset=args.preset,
                       plan_path=args.plan, audit_dir=args.audit_dir, seed=args.seed,
                       live=False if args.no_live else None, console=console,

@@ -5,6 +5,7 @@
     sorter route [--plan PLAN] [FILE]    route scan lines (parcel id TAB read TAB read ...)
     sorter run [--plan PLAN] [--config FILE]   the engine: ZeroMQ in, decisions out, audit
     sorter ctl status|load-plan|chute|stop     talk to a running engine's control socket
+    sorter keys init [DIR]                     CURVE keys for the control socket
     sorter scanner --preset NAME --connect HOST:PORT | --listen HOST:PORT   a scanner driver
     sorter demo [--seconds N] [--rate R]       the whole line on loopback, with a live view
     sorter replay --plan NEW [--audit DIR] ...  the audit's scans routed with a new plan, counted

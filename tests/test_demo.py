@@ -44,3 +44,45 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ok"] and summary["engine_exit"] == 0
     assert summary["parcels"] > 0 and summary["parcels_missing_from_audit"] == []
+
+
+def _children_with(text: str) -> list[int]:
+    """Pids of live processes whose command line mentions `text`."""
+    import os
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_bad_arguments_are_refused_before_anything_starts(tmp_path):
+    import pytest
+    for args in (["--rate", "0"], ["--seconds", "-1"], ["--rate", "nan"], ["--seconds", "inf"]):
+        out = subprocess.run([sys.executable, "-m", "sorter.cli", "demo", "--no-live",
+                              "--audit-dir", str(tmp_path / "audit"), *args],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert args[0] in out.stderr and "above 0" in out.stderr
+        assert not (tmp_path / "audit").exists()          # no engine was started
+    with pytest.raises(ValueError, match="--rate"):
+        run_demo(seconds=1, rate=0, audit_dir=str(tmp_path / "audit"), live=False)
+    assert not (tmp_path / "audit").exists() and _children_with(str(tmp_path)) == []
+
+
+def test_a_part_failing_to_start_leaves_no_engine_behind(tmp_path):
+    import pytest
+    audit = tmp_path / "audit"
+    with pytest.raises(TypeError):         # the simulators refuse this seed after the engine is up
+        run_demo(seconds=1, rate=10, seed=[1], audit_dir=str(audit), live=False)
+    assert (audit / "engine.log").exists()                # the engine had started
+    assert _children_with(str(audit)) == []
+    # and a demo in the same directory runs (no engine holds its audit or ports)
+    console = Console(file=open(tmp_path / "out.txt", "w"), width=120)
+    result = run_demo(seconds=1, rate=20, audit_dir=str(audit), live=False, console=console)
+    assert result.engine_exit == 0

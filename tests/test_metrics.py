@@ -27,3 +27,18 @@ def test_engine_metrics_export_as_prometheus_text():
     assert 'sorter_decisions_total{reason="sorted"} 3.0' in text
     assert 'sorter_scan_to_decision_seconds_count 2.0' in text
     assert 'sorter_scan_to_decision_seconds_bucket{le="0.0002"} 2.0' in text
+
+
+def test_malformed_messages_are_malformed_decisions():
+    """A malformed message is audited as one `malformed` record: the reason's counter says so."""
+    m = EngineMetrics()
+    m.decisions_by_reason[0] += 2
+    m.malformed = 5
+    assert m.snapshot()["decisions"]["malformed"] == 5
+    assert m.snapshot()["decisions"]["sorted"] == 2
+    registry = CollectorRegistry()
+    registry.register(m)
+    text = generate_latest(registry).decode()
+    assert 'sorter_decisions_total{reason="malformed"} 5.0' in text
+    assert "sorter_malformed_messages_total 5.0" in text
+    assert int(m.decisions_by_reason.sum()) == 2             # the routed counts stay apart

@@ -48,7 +48,7 @@ def doc_examples() -> dict[str, bytes]:
         "scan": wire.encode_scan(scan, [1001, 1002], batch_seq=7),
         "decision": wire.encode_decisions(
             "kz-hub/2025-06-01", parcel_id=[12345, 12346], seq=[1001, 1002],
-            decision_seq=[500, 501], chute=[17, 0], reason=["sorted", "recirculate"],
+            decision_seq=[500, 501], chute=[17, 76], reason=["sorted", "no_read"],
             scanner_id=[3, 3], batch_seq=42),
         "chute_status": wire.encode_chute_status([17, 18, 40], ["full", "available", "disabled"],
                                                  batch_seq=3),

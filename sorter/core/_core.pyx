@@ -815,6 +815,14 @@ cdef inline void decide(const Tables* t, const uint8_t* state, int32_t* rr, Acc*
     dest[0] = d
 
 
+cdef inline bint is_late(int64_t now_ns, int64_t ts_ns, int64_t deadline_ns) noexcept nogil:
+    """`now - ts > deadline`, exactly, for any int64 scan time (docs/routing.md): the age is
+    taken as an unsigned difference when now >= ts, so i64 min is as late as it looks."""
+    if deadline_ns <= 0 or now_ns < ts_ns:
+        return False
+    return <uint64_t> now_ns - <uint64_t> ts_ns > <uint64_t> deadline_ns
+
+
 cdef void route_batch(const Tables* t, const uint8_t* state, int32_t* rr,
                       const int32_t* ev_off, const int32_t* rd_off, const uint8_t* data,
                       const uint8_t* recirc, const int64_t* ts, int64_t now_ns,
@@ -830,7 +838,7 @@ cdef void route_batch(const Tables* t, const uint8_t* state, int32_t* rr,
         nb = 0
         e_end = e
         while e_end < n and e_end - e < BLOCK_EVENTS:
-            late = deadline_ns > 0 and now_ns - ts[e_end] > deadline_ns
+            late = is_late(now_ns, ts[e_end], deadline_ns)
             nr = 0 if late else ev_off[e_end + 1] - ev_off[e_end]
             if nb + nr > BLOCK_READS:
                 break
@@ -852,7 +860,7 @@ cdef void route_batch(const Tables* t, const uint8_t* state, int32_t* rr,
         # pass 2: resolve and decide, in event order (round robin is order-dependent)
         k = 0
         for ev in range(e, e_end):
-            if deadline_ns > 0 and now_ns - ts[ev] > deadline_ns:
+            if is_late(now_ns, ts[ev], deadline_ns):
                 out_chute[ev] = 0
                 out_reason[ev] = R_LATE
                 out_dest[ev] = -1

@@ -120,7 +120,7 @@ class ReferenceRouter:
     def decide(self, reads: list[bytes], recirculations: int = 0, ts_ns: int = 0,
                now_ns: int = 0, deadline_ns: int = 0) -> tuple[int, int, int]:
         """(chute, reason code, destination) for one event."""
-        if deadline_ns > 0 and now_ns - ts_ns > deadline_ns:
+        if deadline_ns > 0 and int(now_ns) - int(ts_ns) > deadline_ns:     # exact: no wrap
             return NO_CHUTE, LATE, NO_DESTINATION
         if not reads:
             return self._special(NO_READ), NO_READ, NO_DESTINATION

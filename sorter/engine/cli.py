@@ -18,6 +18,7 @@ import sys
 def cmd_run(args: argparse.Namespace) -> int:
     from sorter.engine.config import ConfigError, load_config
     from sorter.engine import run
+    from sorter.engine.keys import KeysError, check_exposure
 
     try:
         config = load_config(args.config)
@@ -29,7 +30,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         control=args.control, metrics=args.metrics, audit_dir=args.audit_dir,
         deadline_ms=args.deadline_ms, batch_max=args.batch_max,
         fsync_interval_s=args.fsync_interval, log_level=args.log_level,
-        native_io=args.native_io, log_file=getattr(args, "log_file", None))
+        native_io=args.native_io, log_file=getattr(args, "log_file", None),
+        plan_dir=args.plan_dir, keys=args.keys, auth_feedback=args.auth_feedback,
+        insecure=args.insecure)
+    try:
+        check_exposure(config)              # before anything starts or binds
+    except KeysError as e:
+        print(f"sorter run: {e}", file=sys.stderr)
+        return 1
     return run(config)
 
 
@@ -49,7 +57,7 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     for name, help_ in (("scans", "PULL endpoint for scan events"),
                         ("decisions", "PUSH endpoint for decisions to the PLC side"),
                         ("feedback", "PULL endpoint for chute status and sort confirmations"),
-                        ("control", "REP endpoint for status, plan load, chutes, stop")):
+                        ("control", "ROUTER endpoint (REQ clients): status, plans, chutes, stop")):
         p.add_argument(f"--{name}", default=None, metavar="ENDPOINT", help=help_)
     p.add_argument("--metrics", default=None, metavar="HOST:PORT",
                    help="Prometheus endpoint ('' disables)")
@@ -68,6 +76,16 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--native-io", action=argparse.BooleanOptionalAction, default=None,
                    help="drain scans and send decisions through libzmq's C API when pyzmq's "
                         "libzmq is found (default), or through pyzmq")
+    p.add_argument("--plan-dir", default=None, metavar="DIR",
+                   help="control `load_plan` reads plans only below DIR (default: the "
+                        "engine's working directory)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CURVE keys from `sorter keys init DIR`: control (and with "
+                        "--auth-feedback the feedback socket) accept only their clients")
+    p.add_argument("--auth-feedback", action="store_true", default=None,
+                   help="authenticate the feedback socket with the keys too")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="allow the control socket on a non-loopback address without keys")
     p.set_defaults(func=cmd_run)
 
 
@@ -84,9 +102,15 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         if len(args.args) != 2:
             print("usage: sorter ctl chute N available|disabled|full", file=sys.stderr)
             return 2
-        req = {"cmd": "set_chute", "chute": args.args[0], "state": args.args[1]}
+        chute = args.args[0]
+        if not (chute.isascii() and chute.isdigit()) or not 0 < int(chute) < 65536:
+            print(f"sorter ctl chute: chute must be a whole number 1..65535, got {chute!r}",
+                  file=sys.stderr)
+            return 2
+        req = {"cmd": "set_chute", "chute": int(chute), "state": args.args[1]}
     try:
-        reply = request(args.endpoint, req, timeout_s=args.timeout)
+        reply = request(args.endpoint, req, timeout_s=args.timeout, keys=args.keys,
+                        connect_timeout_s=args.connect_timeout)
     except ControlError as e:
         print(f"{args.endpoint}: {e}", file=sys.stderr)
         return 1
@@ -101,13 +125,46 @@ def _add_ctl_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["status", "load-plan", "chute", "stop"])
     p.add_argument("args", nargs="*", help="load-plan PLAN | chute N STATE")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5558", help="control endpoint")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="how long to wait for the reply (30)")
+    p.add_argument("--connect-timeout", type=float, default=3.0, metavar="S",
+                   help="how long to wait for an engine to take the request (3)")
+    p.add_argument("--keys", default=os.environ.get("SORTER_KEYS"), metavar="DIR",
+                   help="CURVE keys from `sorter keys init DIR` (default: $SORTER_KEYS), for "
+                        "an engine started with --keys")
     p.set_defaults(func=cmd_ctl)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from sorter.engine.keys import init_keys
+
+    try:
+        paths = init_keys(args.dir, force=args.force)
+    except FileExistsError as e:
+        print(f"sorter keys init: {e}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name:14} {path}")
+    return 0
+
+
+def _add_keys_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "keys", help="CURVE keys for the control (and feedback) socket",
+        description="`sorter keys init DIR` writes the engine's key pair and a client key pair "
+                    "(ZeroMQ CURVE): start the engine with --keys DIR, give clients "
+                    "(`sorter ctl --keys DIR`) the engine's public key and the client pair; "
+                    "the engine accepts the public keys in DIR/clients (docs/engine.md).")
+    p.add_argument("action", choices=["init"])
+    p.add_argument("dir", nargs="?", default="keys", metavar="DIR", help="where (./keys)")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.set_defaults(func=cmd_keys)
 
 
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """`sorter run ...` and `sorter ctl ...`."""
+    """`sorter run ...`, `sorter ctl ...` and `sorter keys init`."""
     _add_run_parser(subparsers)
     _add_ctl_parser(subparsers)
+    _add_keys_parser(subparsers)

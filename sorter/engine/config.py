@@ -16,12 +16,13 @@ class EngineConfig:
     scans: str = "tcp://127.0.0.1:5555"           # PULL: scanner drivers PUSH scan events here
     decisions: str = "tcp://127.0.0.1:5556"       # PUSH: the PLC side PULLs decisions here
     feedback: str = "tcp://127.0.0.1:5557"        # PULL: chute status, sort confirmations
-    control: str = "tcp://127.0.0.1:5558"         # REP: status, plan load, chutes, stop
+    control: str = "tcp://127.0.0.1:5558"         # ROUTER: status, plan load, chutes, stop
     metrics: str = "127.0.0.1:9108"               # Prometheus HTTP endpoint; "" disables
     deadline_ms: float = 500.0                    # older scans are decided `late`; 0 disables
     batch_max: int = 8192                         # events routed per core call, at most
     poll_ms: int = 50                             # idle wake-up (timers: fsync, status)
-    rcvhwm: int = 100_000                         # messages queued per input socket
+    rcvhwm: int = 1_000                           # messages queued per input socket (the bound
+                                                  # on what the engine accepts: docs/engine.md)
     sndhwm: int = 1000                            # decision messages queued for the PLC side:
                                                   # small, so a stalled gateway holds seconds, not minutes
     linger_ms: int = 1000                         # how long close() may flush decisions
@@ -35,6 +36,12 @@ class EngineConfig:
     log_file: str | None = None                   # engine log also appended here (not the audit dir)
     segment_mb: float = 64.0                      # audit journal segment size (preallocated)
     compact_s: float = 5.0                        # seal a journal segment for compaction after S s
+    plan_dir: str | None = None                   # load_plan reads only below it (None: cwd)
+    plan_max_mb: float = 256.0                    # load_plan refuses a larger plan file
+    keys: str | None = None                       # `sorter keys init` dir: CURVE on control
+    auth_feedback: bool = False                   # CURVE on feedback too (needs keys)
+    insecure: bool = False                        # allow control on a non-loopback address
+                                                  # without keys
 
     def with_overrides(self, **overrides) -> "EngineConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -42,11 +49,15 @@ class EngineConfig:
 
 SECTIONS = {
     "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level",
-               "log_file"},
+               "log_file", "plan_dir", "plan_max_mb"},
     "endpoints": {"scans", "decisions", "feedback", "control", "metrics"},
     "zmq": {"rcvhwm", "sndhwm", "linger_ms", "native_io"},
     "audit": {"dir", "fsync_interval_s", "rotate_mb", "rotate_s", "segment_mb", "compact_s"},
+    "security": {"keys", "auth_feedback", "insecure"},
 }
+
+# Paths in a config file are relative to the file, not to the directory the engine starts in.
+_PATHS = ("plan", "audit_dir", "plan_dir", "keys", "log_file")
 
 
 class ConfigError(ValueError):
@@ -87,6 +98,7 @@ def load_config(path: str | Path | None) -> EngineConfig:
             if not ok:
                 raise ConfigError(f"{path}: [{section}] {key}: expected {expected}, got {value!r}")
             values[name] = value
-    if "plan" in values and not Path(values["plan"]).is_absolute():
-        values["plan"] = str(path.parent / values["plan"])
+    for name in _PATHS:
+        if isinstance(values.get(name), str) and not Path(values[name]).is_absolute():
+            values[name] = str(path.parent / values[name])
     return replace(config, **values)

@@ -11,7 +11,10 @@ import threading
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from sorter.core.codes import CHUTE_AVAILABLE, CHUTE_FULL, CHUTE_STATES, MAX_CHUTE, REASONS
+from sorter.core.codes import (CHUTE_AVAILABLE, CHUTE_FULL, CHUTE_STATES, MAX_CHUTE, REASON_CODE,
+                               REASONS)
+
+MALFORMED = REASON_CODE["malformed"]
 
 # Bucket upper bounds in seconds: 50 us .. 10 s.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5,
@@ -137,11 +140,18 @@ class EngineMetrics:
             "sorter_engine_latency_seconds", "Message received to decision sent, per event")
         self.chutes = ChuteCounts()
 
+    def by_reason(self) -> np.ndarray:
+        """Decisions by reason, `malformed` included: a malformed message is audited as one
+        `malformed` record, which the router never sees, so it is added here."""
+        counts = self.decisions_by_reason.copy()
+        counts[MALFORMED] += self.malformed
+        return counts
+
     def snapshot(self) -> dict:
         with self.lock:
             return {
                 "events": self.events, "messages": self.messages, "batches": self.batches,
-                "decisions": {r: int(n) for r, n in zip(REASONS, self.decisions_by_reason)},
+                "decisions": {r: int(n) for r, n in zip(REASONS, self.by_reason())},
                 "malformed": self.malformed, "malformed_by_error": dict(self.malformed_by_error),
                 "decisions_undelivered": self.decisions_undelivered,
                 "feedback_messages": self.feedback_messages,
@@ -156,7 +166,7 @@ class EngineMetrics:
     def collect(self):
         with self.lock:
             c = CounterMetricFamily("sorter_decisions", "Decisions by reason", labels=["reason"])
-            for r, n in zip(REASONS, self.decisions_by_reason):
+            for r, n in zip(REASONS, self.by_reason()):
                 c.add_metric([r], int(n))
             yield c
             for name, doc, value in (

@@ -30,6 +30,8 @@ from sorter.audit.files import last_decision_seq
 from sorter.core.codes import REASONS
 from sorter.engine.config import EngineConfig
 from sorter.engine.control import Control
+from sorter.engine.keys import check_exposure, make_server, start_authenticator
+from sorter.engine.memory import MemoryReturn
 from sorter.engine.metrics import EngineMetrics
 from sorter.plan import Plan, PlanError, load_plan
 from sorter.core.router import Router
@@ -89,6 +91,8 @@ class Engine:
         self._last_heartbeat = 0.0
         self._last_fold = 0.0
         self._limits = wire.Limits(max_frame=config.max_frame)
+        self._memory = MemoryReturn()          # the heap back to the OS after a burst
+        self._auth = None                      # zmq.auth's authenticator when keys are set
         self._deadline_ns = int(config.deadline_ms * 1e6)
         # route + DECISION message + counting of one batch, in one C call
         self._turn = _turn.BatchDecider(capacity=min(config.batch_max, 1 << 16))
@@ -99,12 +103,14 @@ class Engine:
         """Open the audit and bind every socket; returns the actual endpoints. Raises
         AuditLocked when another engine holds the audit directory."""
         c = self.config
+        check_exposure(c)                       # before anything binds (docs/engine.md)
         self.open_audit()
         self._ctx = zmq.Context()
+        self._auth = start_authenticator(self._ctx, c.keys) if c.keys else None
         self.scans = self._socket(zmq.PULL, c.scans, "scans", rcvhwm=c.rcvhwm)
         self.decisions = self._socket(zmq.PUSH, c.decisions, "decisions", sndhwm=c.sndhwm)
         self.feedback = self._socket(zmq.PULL, c.feedback, "feedback", rcvhwm=c.rcvhwm)
-        self.control = self._socket(zmq.REP, c.control, "control")
+        self.control = self._socket(zmq.ROUTER, c.control, "control")
         self.poller = zmq.Poller()
         for s in (self.scans, self.feedback, self.control):
             self.poller.register(s, zmq.POLLIN)
@@ -146,6 +152,9 @@ class Engine:
             s.setsockopt(zmq.SNDHWM, sndhwm)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame)
+        if self.config.keys and (name == "control" or (name == "feedback"
+                                                       and self.config.auth_feedback)):
+            make_server(s, self.config.keys)
         s.bind(endpoint)
         self.endpoints[name] = s.getsockopt_string(zmq.LAST_ENDPOINT)
         return s
@@ -190,6 +199,8 @@ class Engine:
             self.decisions.setsockopt(zmq.LINGER, self.config.linger_ms)
             for s in (self.scans, self.feedback, self.control, self.decisions):
                 s.close()
+            if self._auth is not None:
+                self._auth.stop()
             self._ctx.term()
             self._ctx = None
             self.control_handler.close()
@@ -246,6 +257,7 @@ class Engine:
             return
         self._last_fold = now
         self._fold_metrics()
+        self._memory.tick(self.metrics.events)
         if self.audit_unavailable:
             if now - self._last_retry >= 1.0:
                 self._retry_audit(now)
@@ -253,8 +265,10 @@ class Engine:
             self.journal.tick()        # seals a segment whose time is up: the compactor's
         if now - self._last_heartbeat >= 1.0:
             self._last_heartbeat = now
+            seq = (self.batch_seq + 1) & 0xFFFFFFFF       # a message on the link: one more
             try:
-                self.decisions.send(wire.encode_heartbeat(), zmq.NOBLOCK)
+                self.decisions.send(wire.encode_heartbeat(seq), zmq.NOBLOCK)
+                self.batch_seq = seq
             except zmq.Again:
                 pass
 

@@ -124,6 +124,11 @@ def cmd_route(args: argparse.Namespace) -> int:
     if plan is None:
         return 1
     states = {c: "full" for c in args.full} | {c: "disabled" for c in args.disabled}
+    unknown = sorted(set(states) - set(plan.chutes))
+    if unknown:
+        print(f"sorter route: chute {', '.join(map(str, unknown))} is not a chute of plan "
+              f"{plan.name} ({min(plan.chutes)}..{max(plan.chutes)})", file=sys.stderr)
+        return 2
     if args.file in (None, "-"):
         return route_lines(plan, sys.stdin.buffer, "<stdin>", sys.stdout, sys.stderr,
                            states, batch_size=1 if sys.stdin.isatty() else args.batch)
