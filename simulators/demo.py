@@ -69,7 +69,8 @@ class EngineProcess:
     def __init__(self, audit_dir: Path, plan_path: str | None, log_path: Path):
         self.log_path = log_path
         # its own process group: Ctrl-C reaches the demo, which then stops the engine cleanly
-        self.child = Child("the engine", engine_command(audit_dir, plan=plan_path), log_path,
+        self.child = Child("the engine", engine_command(audit_dir, "--decision-version", "2",
+                                                          plan=plan_path), log_path,
                            new_session=True)
         self.proc = self.child.proc
         try:

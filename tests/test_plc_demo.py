@@ -73,7 +73,8 @@ def test_demo_cli_has_plc_flag():
 
 
 def test_engine_sends_decisions_with_their_decision_time(tmp_path):
-    engine = EngineProcess(tmp_path)
+    """`--decision-version 2`: every DECISION message carries when it was decided."""
+    engine = EngineProcess(tmp_path, "--decision-version", "2")
     try:
         before = time.time_ns()
         engine.send_scans([[b"050010"], []], first_parcel=1)
@@ -82,5 +83,18 @@ def test_engine_sends_decisions_with_their_decision_time(tmp_path):
         for b in batches:
             assert b.header.version == 2
             assert before <= b.decided_ns <= after
+    finally:
+        assert engine.stop() == 0
+
+
+def test_engine_sends_version_1_unless_configured(tmp_path):
+    """The versioning policy (docs/protocol.md 11.3): a receiver written against version 1
+    keeps working until the engine is configured to send version 2."""
+    engine = EngineProcess(tmp_path)
+    try:
+        engine.send_scans([[b"050010"]], first_parcel=1)
+        (b,) = engine.receive_decisions(1)
+        assert b.header.version == 1 and b.decided_ns is None
+        assert b.chute.tolist() == [5]
     finally:
         assert engine.stop() == 0

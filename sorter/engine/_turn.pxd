@@ -9,6 +9,7 @@ cdef class BatchDecider:
     cdef readonly bytes plan_version
     cdef readonly int64_t deadline_ns
     cdef readonly Py_ssize_t max_frame, max_records
+    cdef readonly int decision_version        # 1, or 2: DECISION messages carry decided_ns
     cdef const int64_t* _ts                   # scan times of the last batch (held by _ts_ref)
     cdef object _ts_ref
     # per event since take_counts(): reason, scan -> sent, received -> sent, chute

@@ -14,7 +14,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from sorter._shared cimport column_data, new_column, offsets_bad
 from sorter.core._core cimport RouterState
-from sorter.wire._wire cimport encode_decisions_at_c
+from sorter.wire._wire cimport encode_decisions_at_c, encode_decisions_c
 
 import numpy as np
 
@@ -31,6 +31,7 @@ cdef class BatchDecider:
     `take_counts()` hands them over for the metrics fold."""
     def __cinit__(self, Py_ssize_t capacity=1024, Py_ssize_t count_capacity=1 << 16):
         self._grow(max(capacity, 1))
+        self.decision_version = 2
         self._c_reason = np.empty(max(count_capacity, 1), np.uint8)
         self._c_scan = np.empty(max(count_capacity, 1), np.int64)
         self._c_engine = np.empty(max(count_capacity, 1), np.int64)
@@ -47,9 +48,13 @@ cdef class BatchDecider:
         self._dest = new_column(capacity, cnp.NPY_INT32)
 
     def configure(self, bytes plan_version, int64_t deadline_ns, Py_ssize_t max_frame,
-                  Py_ssize_t max_records):
+                  Py_ssize_t max_records, int decision_version=2):
         """What stays the same from turn to turn: the plan's version (UTF-8, in every
-        DECISION message), the `late` deadline (0: none) and the wire limits."""
+        DECISION message), the `late` deadline (0: none), the wire limits and the DECISION
+        version to send (1, or 2 with the decision time: docs/protocol.md 6.1)."""
+        if decision_version not in (1, 2):
+            raise ValueError(f"decision_version must be 1 or 2, got {decision_version}")
+        self.decision_version = decision_version
         self.plan_version = plan_version
         self.deadline_ns = deadline_ns
         self.max_frame = max_frame
@@ -89,10 +94,16 @@ cdef class BatchDecider:
         self.n = 0
         self._ts_ref = None
         router.route_c(eo, ro, bytes_, rc, ts, now_ns, self.deadline_ns, chute, reason, dest, n)
-        message = encode_decisions_at_c(<const uint8_t*> (<char*> self.plan_version),
-                                        len(self.plan_version), n, pid, sq, NULL,
-                                        first_decision_seq, chute, reason, sc, batch_seq,
-                                        self.max_frame, self.max_records, now_ns)
+        if self.decision_version == 2:
+            message = encode_decisions_at_c(<const uint8_t*> (<char*> self.plan_version),
+                                            len(self.plan_version), n, pid, sq, NULL,
+                                            first_decision_seq, chute, reason, sc, batch_seq,
+                                            self.max_frame, self.max_records, now_ns)
+        else:
+            message = encode_decisions_c(<const uint8_t*> (<char*> self.plan_version),
+                                         len(self.plan_version), n, pid, sq, NULL,
+                                         first_decision_seq, chute, reason, sc, batch_seq,
+                                         self.max_frame, self.max_records)
         self.n = n
         self._ts = ts
         self._ts_ref = ts_ns

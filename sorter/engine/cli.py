@@ -31,6 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         deadline_ms=args.deadline_ms, batch_max=args.batch_max,
         fsync_interval_s=args.fsync_interval, log_level=args.log_level,
         native_io=args.native_io, log_file=getattr(args, "log_file", None),
+        decision_version=args.decision_version,
         plan_dir=args.plan_dir, keys=args.keys, auth_feedback=args.auth_feedback,
         insecure=args.insecure)
     try:
@@ -70,12 +71,16 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="fsync the audit journal every S seconds (default 1; 0 or 'each': "
                         "every record, before its decision is sent)")
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--decision-version", type=int, choices=[1, 2], default=None,
+                   help="DECISION messages sent to the PLC side: 1 (default), or 2, which "
+                        "carries the decision time so the PLC gateway drops stale decisions "
+                        "(docs/protocol.md 6.1)")
     p.add_argument("--log-file", default=None, metavar="PATH",
                    help="also append the JSON log lines here (they always go to stderr; keep "
                         "it out of the audit directory, which holds audit data only)")
     p.add_argument("--native-io", action=argparse.BooleanOptionalAction, default=None,
-                   help="drain scans and send decisions through libzmq's C API when pyzmq's "
-                        "libzmq is found (default), or through pyzmq")
+                   help="accepted for compatibility, no effect: the engine has one I/O path "
+                        "(pyzmq)")
     p.add_argument("--plan-dir", default=None, metavar="DIR",
                    help="control `load_plan` reads plans only below DIR (default: the "
                         "engine's working directory)")

@@ -33,6 +33,8 @@ class EngineConfig:
     rotate_mb: float = 256.0
     rotate_s: float = 3600.0
     log_level: str = "INFO"
+    decision_version: int = 1                     # DECISION messages sent: 1, or 2 with decided_ns
+                                                  # (docs/protocol.md 6.1; the PLC gateway uses it)
     log_file: str | None = None                   # engine log also appended here (not the audit dir)
     segment_mb: float = 64.0                      # audit journal segment size (preallocated)
     compact_s: float = 5.0                        # seal a journal segment for compaction after S s
@@ -49,7 +51,7 @@ class EngineConfig:
 
 SECTIONS = {
     "engine": {"plan", "deadline_ms", "batch_max", "poll_ms", "max_frame", "log_level",
-               "log_file", "plan_dir", "plan_max_mb"},
+               "log_file", "plan_dir", "plan_max_mb", "decision_version"},
     "endpoints": {"scans", "decisions", "feedback", "control", "metrics"},
     "zmq": {"rcvhwm", "sndhwm", "linger_ms", "native_io"},
     "audit": {"dir", "fsync_interval_s", "rotate_mb", "rotate_s", "segment_mb", "compact_s"},
@@ -97,6 +99,8 @@ def load_config(path: str | Path | None) -> EngineConfig:
                 for t, n in ((int, "int"), (float, "float"), (str, "str")) if n in expected)
             if not ok:
                 raise ConfigError(f"{path}: [{section}] {key}: expected {expected}, got {value!r}")
+            if name == "decision_version" and value not in (1, 2):
+                raise ConfigError(f"{path}: [{section}] {key}: expected 1 or 2, got {value!r}")
             values[name] = value
     for name in _PATHS:
         if isinstance(values.get(name), str) and not Path(values[name]).is_absolute():

@@ -455,7 +455,8 @@ class Engine:
         the destination names by id (a PLAN record in the journal) and the version."""
         self._names = [d.name for d in plan.destinations]
         self._turn.configure(plan.version.encode("utf-8"), self._deadline_ns,
-                             self._limits.max_frame, self._limits.max_records)
+                             self._limits.max_frame, self._limits.max_records,
+                             self.config.decision_version)
         if self.journal is not None:
             try:
                 self.journal.set_plan(time.time_ns(), plan.version, self._names)
