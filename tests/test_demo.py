@@ -80,7 +80,8 @@ def test_a_part_failing_to_start_leaves_no_engine_behind(tmp_path):
     audit = tmp_path / "audit"
     with pytest.raises(TypeError):         # the simulators refuse this seed after the engine is up
         run_demo(seconds=1, rate=10, seed=[1], audit_dir=str(audit), live=False)
-    assert (audit / "engine.log").exists()                # the engine had started
+    assert (tmp_path / "audit-engine.log").exists()       # the engine had started (its log
+                                                          # sits beside the audit directory)
     assert _children_with(str(audit)) == []
     # and a demo in the same directory runs (no engine holds its audit or ports)
     console = Console(file=open(tmp_path / "out.txt", "w"), width=120)
