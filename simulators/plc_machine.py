@@ -9,6 +9,10 @@ disabled, 2 full; reason = index into sorter.core.codes.REASONS.
 """
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+import time
 from typing import Any
 
 from sorter import wire
@@ -66,3 +70,74 @@ class Machine:
         if self.echo:
             return {"instructions": self.instructions}
         return {"instructions": self.instructions, **self.loop.snapshot()}
+
+
+class ServedPlc:
+    """A simulated PLC whose protocol server runs on an asyncio loop in a thread of its own
+    (the OPC UA and Modbus simulators). `start()` returns once it serves, or raises what
+    stopped it; `stop()` ends it. Subclasses set `thread_name` and `title` and write
+    `async _main()`, which sets `self._loop` and `self._stop_evt`, calls `self._ready.set()`
+    when serving and returns when `_stop_evt` is set."""
+
+    thread_name = "plc-sim"
+    title = "PLC simulator"
+    start_timeout_s = 20.0
+    join_timeout_s = 10.0
+
+    def __init__(self, plan: Plan | None, *, port: int = 0, echo: bool = False, seed: int = 0,
+                 cycle_s: float = 0.001, registry=None, loopback=None, **loop_kw: Any):
+        self.port = port or free_port()
+        self.machine = Machine(plan, echo=echo, registry=registry, loopback=loopback, seed=seed,
+                               now_s=time.monotonic(), **loop_kw)
+        self.cycle_s = cycle_s
+        self.lock = threading.Lock()
+        self.instructions: list[int] = []          # tracking ids taken, in order
+        self.silent = False                        # tests: stop the PLC program (life stops)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_evt: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._thread_main, name=self.thread_name,
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self.start_timeout_s):
+            raise RuntimeError(f"the {self.title} did not start: {self.error!r}")
+        if self.error:
+            raise RuntimeError(f"the {self.title} failed: {self.error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop_evt is not None:
+            self._loop.call_soon_threadsafe(self._stop_evt.set)
+        if self._thread is not None:
+            self._thread.join(self.join_timeout_s)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {**self.counters, "machine": self.machine.snapshot()}
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # noqa: BLE001 - reported to start()/the owner
+            self.error = e
+            self._ready.set()
+
+    async def _main(self) -> None:
+        raise NotImplementedError
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server library that cannot bind port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
 import time
 from typing import Any
 
@@ -23,68 +21,26 @@ from plc.models import RegisterMap, load_registers
 from plc.modbus import from_words, words64
 from sorter.plan import Plan
 
-from .plc_machine import Machine
+from .plc_machine import ServedPlc
 
 __all__ = ["ModbusPlc"]
 
 FC_HOLDING, FC_INPUT, FC_WRITE = 3, 4, 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ModbusPlc(ServedPlc):
+    thread_name = "plc-modbus-sim"
+    title = "Modbus PLC simulator"
+    start_timeout_s = 20.0
+    join_timeout_s = 10.0
 
-
-class ModbusPlc:
     def __init__(self, plan: Plan | None = None, *, regs: RegisterMap | None = None,
                  port: int = 0, echo: bool = False, seed: int = 0, cycle_s: float = 0.001,
                  registry=None, loopback=None, **loop_kw: Any):
+        super().__init__(plan, port=port, echo=echo, seed=seed, cycle_s=cycle_s,
+                         registry=registry, loopback=loopback, **loop_kw)
         self.regs = regs or load_registers()
-        self.port = port or _free_port()
-        self.machine = Machine(plan, echo=echo, registry=registry, loopback=loopback, seed=seed,
-                               now_s=time.monotonic(), **loop_kw)
-        self.cycle_s = cycle_s
-        self.lock = threading.Lock()
-        self.instructions: list[int] = []
         self.counters = {"instructions": 0, "batches": 0, "reports": 0, "chute_changes": 0}
-        self.silent = False
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_evt: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def start(self) -> "ModbusPlc":
-        self._thread = threading.Thread(target=self._thread_main, name="plc-modbus-sim",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(20) or self.error:
-            raise RuntimeError(f"the Modbus PLC simulator did not start: {self.error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop_evt is not None:
-            self._loop.call_soon_threadsafe(self._stop_evt.set)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            return {**self.counters, "machine": self.machine.snapshot()}
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:  # noqa: BLE001 - reported to start()/the owner
-            self.error = e
-            self._ready.set()
 
     async def _main(self) -> None:
         from pymodbus.server import ModbusTcpServer

@@ -12,79 +12,33 @@ life variable up. Runs an asyncio loop in a thread; `start()` returns once the s
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from typing import Any
 
 from plc.models import INSTRUCTION_FIELDS, REPORT_FIELDS, NodeModel, load_nodes
 from sorter.plan import Plan
 
-from .plc_machine import Machine
+from .plc_machine import ServedPlc
 
 __all__ = ["OpcUaPlc"]
 
 MASK32 = 0xFFFFFFFF
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class OpcUaPlc(ServedPlc):
+    thread_name = "plc-opcua-sim"
+    title = "OPC UA PLC simulator"
+    start_timeout_s = 30.0
+    join_timeout_s = 15.0
 
-
-class OpcUaPlc:
     def __init__(self, plan: Plan | None = None, *, model: NodeModel | None = None,
                  port: int = 0, echo: bool = False, seed: int = 0, cycle_s: float = 0.001,
                  registry=None, loopback=None, **loop_kw: Any):
+        super().__init__(plan, port=port, echo=echo, seed=seed, cycle_s=cycle_s,
+                         registry=registry, loopback=loopback, **loop_kw)
         self.model = model or load_nodes()
-        self.port = port or _free_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/sorter"
-        self.machine = Machine(plan, echo=echo, registry=registry, loopback=loopback, seed=seed,
-                               now_s=time.monotonic(), **loop_kw)
-        self.cycle_s = cycle_s
-        self.lock = threading.Lock()
-        self.instructions: list[int] = []          # tracking ids taken, in order
         self.counters = {"instructions": 0, "reports": 0, "chute_changes": 0, "duplicates": 0}
-        self.silent = False                        # tests: stop the PLC program (life stops)
-        self._ready = threading.Event()
-        self._stop_evt: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def start(self) -> "OpcUaPlc":
-        self._thread = threading.Thread(target=self._thread_main, name="plc-opcua-sim",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError(f"the OPC UA PLC simulator did not start: {self.error!r}")
-        if self.error:
-            raise RuntimeError(f"the OPC UA PLC simulator failed: {self.error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop_evt is not None:
-            self._loop.call_soon_threadsafe(self._stop_evt.set)
-        if self._thread is not None:
-            self._thread.join(15)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            return {**self.counters, "machine": self.machine.snapshot()}
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:  # noqa: BLE001 - reported to start()/the owner
-            self.error = e
-            self._ready.set()
 
     async def _main(self) -> None:
         from asyncua import Server, ua
