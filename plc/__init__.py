@@ -7,5 +7,6 @@ Sans-IO cores, thin I/O shells (as in scanners/):
 - `models`: the OPC UA node model and the Modbus register map (TOML);
 - `backlog`: decisions waiting for a mailbox slot, with the stale-decision rule;
 - `engine_link`: the engine's decisions and feedback sockets (ZeroMQ);
+- `polled`: the thread, reconnect state and counters the OPC UA and Modbus gateways share;
 - `tcp`, `opcua`, `modbus`: the gateways; `cli`: the command.
 """

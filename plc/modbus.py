@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 
-from .backlog import Backlog
-from .engine_link import EngineLink
 from .log import log_event
 from .models import RegisterMap
+from .polled import LinkDown, PolledGateway
 
 log = logging.getLogger("plc.modbus")
 
@@ -53,57 +51,31 @@ def from_words(ws) -> int:
     return out
 
 
-class LinkDown(Exception):
-    pass
-
-
-class ModbusGateway:
+class ModbusGateway(PolledGateway):
     """Engine decisions -> the PLC's instruction mailbox; its reports and chute states ->
     engine feedback."""
+
+    protocol = "modbus"
+    thread_name = "plc-modbus-gateway"
 
     def __init__(self, host: str, port: int, decisions: str, feedback: str, regs: RegisterMap, *,
                  max_age_s: float | None = 0.5, chute_poll_s: float = 0.1,
                  backoff_initial_s: float = 0.2, backoff_max_s: float = 5.0,
                  timeout_s: float = 2.0, context=None):
         require_pymodbus()
+        super().__init__(decisions, feedback, max_age_s=max_age_s,
+                         backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
+                         timeout_s=timeout_s, context=context,
+                         counters={"connections": 0, "link_downs": 0, "life_timeouts": 0,
+                                   "instructions_written": 0, "mailbox_writes": 0,
+                                   "reports": 0, "chute_states": 0, "malformed": 0,
+                                   "modbus_errors": 0})
         self.host, self.port = host, port
         self.regs = regs
         self.chute_poll_s = chute_poll_s
-        self.timeout_s = timeout_s
-        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
-        self.engine = EngineLink(decisions, feedback, context=context)
-        self.backlog = Backlog(max_age_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.connected = threading.Event()
-        self.link_up = False
-        self.error: BaseException | None = None
-        self.counters = {"connections": 0, "link_downs": 0, "life_timeouts": 0,
-                         "instructions_written": 0, "mailbox_writes": 0, "reports": 0,
-                         "chute_states": 0, "malformed": 0, "modbus_errors": 0}
 
-    def start(self) -> "ModbusGateway":
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()),
-                                        name="plc-modbus-gateway", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"protocol": "modbus", "peer": f"{self.host}:{self.port}",
-                    "link_up": self.link_up, "waiting": len(self.backlog),
-                    "stale_dropped": self.backlog.stale_dropped, **self.counters,
-                    **self.engine.counters}
+    def peer(self) -> dict:
+        return {"peer": f"{self.host}:{self.port}"}
 
     async def _main(self) -> None:
         from pymodbus.client import AsyncModbusTcpClient

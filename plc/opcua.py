@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 
-from .backlog import Backlog
-from .engine_link import EngineLink
 from .log import log_event
 from .models import INSTRUCTION_FIELDS, REPORT_FIELDS, NodeModel
+from .polled import LinkDown, PolledGateway
 
 log = logging.getLogger("plc.opcua")
 
@@ -40,10 +38,6 @@ def require_asyncua():
     return asyncua
 
 
-class LinkDown(Exception):
-    pass
-
-
 class _Handler:
     """Subscription callbacks: keep the latest values, wake the loop."""
 
@@ -55,52 +49,29 @@ class _Handler:
         self.wake.set()
 
 
-class OpcUaGateway:
+class OpcUaGateway(PolledGateway):
     """Engine decisions -> the PLC's instruction ring; its reports and chute states -> engine."""
+
+    protocol = "opcua"
+    thread_name = "plc-opcua-gateway"
 
     def __init__(self, url: str, decisions: str, feedback: str, model: NodeModel, *,
                  max_age_s: float | None = 0.5, publish_ms: float = 5.0,
                  backoff_initial_s: float = 0.2, backoff_max_s: float = 5.0,
                  timeout_s: float = 4.0, context=None):
         require_asyncua()
+        super().__init__(decisions, feedback, max_age_s=max_age_s,
+                         backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
+                         timeout_s=timeout_s, context=context,
+                         counters={"connections": 0, "link_downs": 0, "life_timeouts": 0,
+                                   "instructions_written": 0, "instruction_writes": 0,
+                                   "reports": 0, "chute_states": 0, "malformed": 0})
         self.url = url
         self.model = model
         self.publish_ms = publish_ms
-        self.timeout_s = timeout_s
-        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
-        self.engine = EngineLink(decisions, feedback, context=context)
-        self.backlog = Backlog(max_age_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.connected = threading.Event()
-        self.link_up = False
-        self.error: BaseException | None = None
-        self.counters = {"connections": 0, "link_downs": 0, "life_timeouts": 0,
-                         "instructions_written": 0, "instruction_writes": 0, "reports": 0,
-                         "chute_states": 0, "malformed": 0}
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "OpcUaGateway":
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()),
-                                        name="plc-opcua-gateway", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"protocol": "opcua", "url": self.url, "link_up": self.link_up,
-                    "waiting": len(self.backlog), "stale_dropped": self.backlog.stale_dropped,
-                    **self.counters, **self.engine.counters}
+    def peer(self) -> dict:
+        return {"url": self.url}
 
     # -- the loop ----------------------------------------------------------------------------
     async def _main(self) -> None:
