@@ -43,7 +43,7 @@ import numpy as np
 
 from sorter.audit.files import AuditLocked
 
-__all__ = ["JournalWriter", "Record", "SegmentScan", "read_segment", "segments", "recover",
+__all__ = ["JournalWriter", "decisions_parts", "record_parts", "Record", "SegmentScan", "read_segment", "segments", "recover",
            "PLAN", "DECISIONS", "MALFORMED", "JOURNAL_DIR"]
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,26 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 crc32c = _crc32c.crc32c                     # the `crc32c` package: hardware CRC32C (SSE4.2)
 
 
-def record_bytes(kind: int, rows: int, parts) -> bytes:
-    """One record: header (length, CRC32C, kind, rows) and the payload made of `parts`."""
-    payload = b"".join(parts)
+def record_parts(kind: int, rows: int, parts) -> list:
+    """One record as a list of buffers: its header (length, CRC32C over the rest of the header
+    and the payload, kind, rows), then `parts`, the payload. The engine hands the list to one
+    `pwritev(2)`, so a turn's frames are not copied into one bytes object first."""
+    length = 0
     tail = RECORD.pack(0, 0, kind, 0, 0, rows)[8:]
-    return RECORD.pack(len(payload), crc32c(payload, crc32c(tail)), kind, 0, 0, rows) + payload
+    crc = crc32c(tail)
+    for part in parts:
+        crc = crc32c(part, crc)
+        length += memoryview(part).nbytes
+    return [RECORD.pack(length, crc, kind, 0, 0, rows), *parts]
+
+
+def record_bytes(kind: int, rows: int, parts) -> bytes:
+    """One record as bytes (`record_parts` joined)."""
+    return b"".join(record_parts(kind, rows, parts))
 
 
 def plan_record(time_ns: int, version: str, names: list[str]) -> bytes:
@@ -84,15 +96,21 @@ def plan_record(time_ns: int, version: str, names: list[str]) -> bytes:
     return record_bytes(PLAN, 0, parts)
 
 
-def decisions_record(decision_ns: int, frames, message, destination: np.ndarray) -> bytes:
-    """The record of one turn: the SCAN frames routed, the DECISION message as sent and the
-    destination index of each decision (int32, one per decision)."""
+def decisions_parts(decision_ns: int, frames, message, destination: np.ndarray) -> list:
+    """The record of one turn as buffers (`record_parts`): the SCAN frames routed, the
+    DECISION message as sent and the destination index of each decision (int32, one per
+    decision). Nothing is copied: write it before the buffers change."""
     rows = len(destination)
     head = _DECISIONS_HEAD.pack(decision_ns, len(frames), len(message))
     lengths = struct.pack(f"<{len(frames)}I", *map(len, frames))
-    return record_bytes(DECISIONS, rows,
+    return record_parts(DECISIONS, rows,
                         [head, lengths, *frames, message,
-                         np.ascontiguousarray(destination, "<i4").tobytes()])
+                         np.ascontiguousarray(destination, "<i4")])
+
+
+def decisions_record(decision_ns: int, frames, message, destination: np.ndarray) -> bytes:
+    """`decisions_parts` as one bytes object."""
+    return b"".join(decisions_parts(decision_ns, frames, message, destination))
 
 
 def malformed_record(time_ns: int, raw, error: str) -> bytes:
@@ -377,27 +395,41 @@ class JournalWriter:
         if self._fd >= 0:
             self.append(self._plan)
 
-    def append(self, record: bytes) -> None:
-        """Write one record (from `decisions_record` etc.) with one write(2). Raises OSError
-        (nothing is then appended: the caller must withhold what it was about to send)."""
-        if self._fd < 0 or self._pos + len(record) > self._size:
-            self._next_segment(len(record))
+    def append(self, record) -> None:
+        """Write one record with one write(2): `record` is its bytes (`decisions_record`
+        etc.) or its buffers (`decisions_parts`, written by one pwritev(2), no copy first).
+        Raises OSError (nothing is then appended: the caller must withhold what it was about
+        to send)."""
+        if isinstance(record, (bytes, bytearray)):
+            size = len(record)
+        else:
+            if len(record) > _IOV_MAX:                 # pwritev takes IOV_MAX buffers at most
+                record = [record[0], b"".join(record[1:])]
+            size = sum(memoryview(part).nbytes for part in record)
+        if self._fd < 0 or self._pos + size > self._size:
+            self._next_segment(size)
         try:
-            n = os.pwrite(self._fd, record, self._pos)
-            while n < len(record):                    # regular files: short only on error
-                k = os.pwrite(self._fd, memoryview(record)[n:], self._pos + n)
-                if k <= 0:
-                    raise OSError(errno.EIO, "short write to the audit journal")
-                n += k
+            if isinstance(record, (bytes, bytearray)):
+                n = os.pwrite(self._fd, record, self._pos)
+            else:
+                n = os.pwritev(self._fd, record, self._pos)
+            if n < size:                                # regular files: short only on error
+                rest = memoryview(record if isinstance(record, (bytes, bytearray))
+                                  else b"".join(record))
+                while n < size:
+                    k = os.pwrite(self._fd, rest[n:], self._pos + n)
+                    if k <= 0:
+                        raise OSError(errno.EIO, "short write to the audit journal")
+                    n += k
             if self.fsync_interval_s == 0:
                 os.fdatasync(self._fd)
                 self.fsyncs += 1
         except OSError:
             self._seal(failed=True)
             raise
-        self._pos += len(record)
+        self._pos += size
         self.records += 1
-        self.bytes_written += len(record)
+        self.bytes_written += size
         self._dirty = True
 
     def tick(self, now_ns: int | None = None) -> None:

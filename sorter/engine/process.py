@@ -317,7 +317,7 @@ class Engine:
             f for f, k in zip(frames, scans.counts.tolist()) if k]
         # receive time per event: one frame (the usual case) needs no per-event array
         recv_ns = int(times[0]) if len(frames) == 1 else (
-            np.asarray(times, np.int64)[scans.frame_of_event()])
+            np.repeat(np.asarray(times, np.int64), scans.counts))
         self._decide(scans.events, scans.seq, routed, recv_ns)
         return n
 
@@ -360,7 +360,7 @@ class Engine:
         turn = self._turn
         message = turn.run(self.router.core, batch, seq, now, first, batch_seq)
         try:
-            self.journal.append(journal.decisions_record(now, frames, message,
+            self.journal.append(journal.decisions_parts(now, frames, message,
                                                          turn.decisions()[2]))
         except OSError as e:
             self._audit_failed(e)
