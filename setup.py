@@ -18,6 +18,7 @@ extensions = [
     _ext("sorter._shared"),             # helpers every compiled module shares (_shared.pxd)
     _ext("sorter.core._core"),          # decode, resolve, route
     _ext("sorter.wire._wire"),          # the binary wire protocol, parsed into columns
+    _ext("sorter.audit._segment"),      # walk a journal segment's records (the compactor's reader)
     _ext("sorter.engine._turn"),        # one engine turn: route, DECISION message, counts
 ]
 

@@ -397,3 +397,91 @@ def test_compaction_with_zstd_writes_files_every_reader_opens(tmp_path):
     (f,) = audit_files(tmp_path)
     assert ipc.open_file(f).read_all().num_rows == 60
     assert ds.dataset(tmp_path, format="arrow", partitioning="hive").to_table().num_rows == 60
+
+
+# -- the hot path's writes and the bulk reader -------------------------------------------------------
+
+def _turn_parts(n_frames: int):
+    """A turn of n one-event SCAN frames, routed: (frames, DECISION message, destination)."""
+    frames = [wire.encode_scan(EventBatch.from_reads([[b"050010"]], parcel_ids=[i]), [i])
+              for i in range(n_frames)]
+    scans = wire.decode_scans(frames)
+    turn = _turn.BatchDecider(capacity=n_frames)
+    turn.configure(PLAN.version.encode(), 0, 1 << 24, 65536)
+    message = turn.run(Router(PLAN).core, scans.events, scans.seq, 123, 1, 1)
+    return frames, message, turn.decisions()[2].copy()
+
+
+@pytest.mark.parametrize("n_frames", [1, 3, jr._IOV_MAX + 5])
+def test_a_turn_written_as_buffers_is_the_record_its_bytes_are(tmp_path, n_frames):
+    frames, message, dest = _turn_parts(n_frames)
+    one = jr.JournalWriter(tmp_path / "bytes", fsync_interval_s=None, clock=lambda: 7)
+    two = jr.JournalWriter(tmp_path / "parts", fsync_interval_s=None, clock=lambda: 7)
+    one.append(jr.decisions_record(99, frames, message, dest))
+    two.append(jr.decisions_parts(99, frames, message, dest))    # one pwritev(2)
+    assert one.bytes_written == two.bytes_written
+    a, b = one.path.read_bytes(), two.path.read_bytes()
+    one.close(), two.close()
+    assert a == b
+    rec = [r for r in jr.read_segment(two.path or next(iter(jr.segments(tmp_path / "parts"))))
+           .records if r.kind == jr.DECISIONS][0]
+    assert [bytes(f) for f in rec.frames] == frames and bytes(rec.message) == message
+
+
+def test_index_segment_locates_what_read_segment_decodes(tmp_path):
+    line = Line(tmp_path, fsync_interval_s=None)
+    line.scan([[b"050010"], []], first_parcel=1)
+    line.malformed(b"\x01\x02", "bad_magic: at byte 0")
+    frames, message, dest = _turn_parts(3)
+    line.journal.append(jr.decisions_parts(5, frames, message, dest))
+    line.journal.set_plan(6, "v2", ["a", "b"])
+    line.scan([[b"RR473124829GB"]], first_parcel=3)
+    path = line.journal.path
+    index, scan = jr.index_segment(path), jr.read_segment(path)
+    assert not index.torn and index.end == scan.end and len(index) == len(scan.records) == 6
+    r, data = index.records, bytes(index.data)
+    assert r["kind"].tolist() == [x.kind for x in scan.records]
+    assert r["rows"].tolist() == [x.rows for x in scan.records]
+    assert r["time_ns"].tolist() == [x.time_ns for x in scan.records]
+    got_dest = []
+    for i, x in enumerate(scan.records):
+        if x.kind != jr.DECISIONS:
+            assert r["n_frames"][i] == -1
+            continue
+        first, n = int(r["first_frame"][i]), int(r["n_frames"][i])
+        assert [data[o:o + k] for o, k in zip(index.frames["offset"][first:first + n].tolist(),
+                                              index.frames["length"][first:first + n].tolist())
+                ] == [bytes(f) for f in x.frames]
+        o, k = int(r["message_offset"][i]), int(r["message_length"][i])
+        assert data[o:o + k] == bytes(x.message)
+        got_dest += x.destination.tolist()
+    assert index.destination.tolist() == got_dest
+
+
+def test_the_next_segment_is_made_ready_by_the_fsync_thread(tmp_path):
+    """A roll takes the spare segment the fsync thread created (preallocated, header and
+    directory fsynced) instead of fsyncing on the hot path; ids keep increasing; a close
+    leaves no spare behind."""
+    w = jr.JournalWriter(tmp_path, segment_bytes=8192, fsync_interval_s=0.02, seal_after_s=None)
+    w.set_plan(1, PLAN.version, NAMES)
+    frames, message, dest = _turn_parts(1)
+    record = jr.decisions_record(2, frames, message, dest)
+    w.append(record)
+    first = w.path
+    deadline = time.monotonic() + 10
+    while len(list((tmp_path / jr.JOURNAL_DIR).glob("*.open"))) < 2:
+        assert time.monotonic() < deadline, "no spare segment was made"
+        time.sleep(0.01)
+    spare = max((tmp_path / jr.JOURNAL_DIR).glob("*.open"), key=jr._segment_id)
+    assert spare != first and jr.read_segment(spare).records == []     # a header, no record
+    while w.path == first:
+        w.append(record)
+    assert w.path == spare                                  # the roll took it
+    w.close()
+    assert list((tmp_path / jr.JOURNAL_DIR).glob("*.open")) == []
+    segs = jr.segments(tmp_path)
+    ids = [jr._segment_id(p) for p in segs]
+    assert ids == sorted(ids) and len(ids) >= 2
+    scans = [jr.read_segment(p) for p in segs]
+    assert all(not s.torn and s.records[0].kind == jr.PLAN for s in scans)
+    assert sum(r.kind == jr.DECISIONS for s in scans for r in s.records) == w.records

@@ -922,3 +922,72 @@ if __name__ == "__main__":
         print(f"rewrote the example blocks of {DOC}")
     else:
         print(__doc__)
+
+
+# ---------------------------------------------------------------------------------------------
+# frames and messages lying in one buffer (what the audit compactor reads from a journal)
+
+def _laid_out(parts: list[bytes], gap: bytes = b"\xee") -> tuple[bytes, np.ndarray, np.ndarray]:
+    """parts at odd offsets in one buffer, with junk between them."""
+    buf, offsets, lengths = bytearray(gap * 3), [], []
+    for part in parts:
+        offsets.append(len(buf))
+        lengths.append(len(part))
+        buf += part + gap
+    return bytes(buf), np.array(offsets, np.int64), np.array(lengths, np.int64)
+
+
+@FUZZ
+@given(st.lists(scan_socket_frames(), max_size=12), st.sampled_from(SOME_LIMITS))
+def test_decode_scans_in_equals_decode_scans_of_the_same_frames(frames, limits):
+    buf, offsets, lengths = _laid_out(frames)
+    ref = wire.decode_scans(frames, limits=limits)
+    out = wire.decode_scans_in(buf, offsets, lengths, limits=limits)
+    assert_events_equal(out.events, ref.events)
+    assert np.array_equal(out.seq, ref.seq) and np.array_equal(out.counts, ref.counts)
+    assert np.array_equal(out.kinds, ref.kinds)
+    assert [(i, str(e)) for i, e in out.errors] == [(i, str(e)) for i, e in ref.errors]
+
+
+def test_decode_scans_in_refuses_a_frame_outside_the_buffer():
+    frame = wire.encode_scan(EventBatch.from_reads([[b"a"]], parcel_ids=[1]), [1])
+    for offsets, lengths in (([1], [len(frame)]), ([-1], [4]), ([0], [-1])):
+        with pytest.raises(ValueError, match="frame 0"):
+            wire.decode_scans_in(frame, np.array(offsets, np.int64), np.array(lengths, np.int64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["v1", "v1", "plan-2", "é"]), st.integers(0, 5),
+                          st.booleans()), max_size=8))
+def test_decode_decisions_in_equals_each_message_decoded_alone(spec):
+    messages = []
+    for k, (version, n, timed) in enumerate(spec):
+        cols = [np.arange(n, dtype=np.uint64) + 10 * k, np.arange(n, dtype=np.uint64) + 1,
+                np.arange(n, dtype=np.uint64) + 100 * k, np.arange(n, dtype=np.uint16),
+                np.arange(n, dtype=np.uint8) % len(codes.REASONS), np.full(n, k, np.uint16)]
+        messages.append(wire.encode_decisions(version, *cols, batch_seq=k,
+                                              **({"decided_ns": 5 * k} if timed else {})))
+    buf, offsets, lengths = _laid_out(messages)
+    out = wire.decode_decisions_in(buf, offsets, lengths)
+    alone = [wire.decode_decisions(m) for m in messages]
+    cat = lambda name, dt: (np.concatenate([getattr(a, name) for a in alone])  # noqa: E731
+                            if alone else np.zeros(0, dt))
+    for name, dt in (("parcel_id", np.uint64), ("seq", np.uint64), ("decision_seq", np.uint64),
+                     ("chute", np.uint16), ("reason", np.uint8), ("scanner_id", np.uint16)):
+        assert np.array_equal(getattr(out, name), cat(name, dt)), name
+        assert getattr(out, name).dtype == dt
+    assert out.counts.tolist() == [len(a) for a in alone]
+    assert [out.versions[i] for i in out.version_of.tolist()] == [a.plan_version for a in alone]
+    assert len(set(out.versions)) == len(out.versions)
+
+
+def test_decode_decisions_in_names_the_message_that_does_not_decode():
+    good = wire.encode_decisions("v", [1], [1], [1], [1], [0], [1])
+    bad = bytearray(good)
+    bad[wire.HEADER_SIZE + 2 + 26] = 250        # the reason of record 0 (plan version "v")
+    for message, code in ((bytes(bad), "bad_record"), (wire.encode_heartbeat(), "unexpected_kind"),
+                          (good[:-1], "truncated")):
+        buf, offsets, lengths = _laid_out([good, message])
+        with pytest.raises(WireError, match="message 1") as e:
+            wire.decode_decisions_in(buf, offsets, lengths)
+        assert e.value.code == code

@@ -49,87 +49,87 @@ def _take_names(names: list, index: np.ndarray) -> pa.Array:
     return table.take(pa.array(index, pa.int64()))
 
 
-def _batches_of(records: list[jr.Record], plan: jr.Record | None) -> list[pa.RecordBatch]:
-    """Record batches (AUDIT_SCHEMA) of consecutive records: one for the decisions, one for
-    the malformed messages, in journal order within each."""
-    frames, counts, messages, times, dests, plan_of = [], [], [], [], [], []
-    plans = [plan]
-    bad_ts, bad_raw, bad_error, bad_version = [], [], [], []
-    for r in records:
-        if r.kind == jr.PLAN:
-            plan = r
-            plans.append(r)
-        elif r.kind == jr.DECISIONS:
-            frames += r.frames
-            messages.append(wire.decode_decisions(r.message, limits=_LIMITS))
-            times.append(r.time_ns)
-            counts.append(r.rows)
-            dests.append(r.destination)
-            plan_of.append(len(plans) - 1)
-        elif r.kind == jr.MALFORMED:
-            bad_ts.append(r.time_ns)
-            bad_raw.append(r.raw)
-            bad_error.append(r.error)
-            bad_version.append(plan.plan_version if plan is not None else None)
+def _run_batches(index: jr.SegmentIndex, lo: int, hi: int, plan_of: np.ndarray,
+                 plans: dict[int, jr.Record]) -> list[pa.RecordBatch]:
+    """Record batches (AUDIT_SCHEMA) of records lo..hi-1 of a segment: one for the
+    decisions, one for the malformed messages, in journal order within each. plan_of: per
+    record, the PLAN record in force (-1: none); plans: those PLAN records decoded."""
+    r, f = index.records, index.frames
+    kind = r["kind"][lo:hi]
+    dec = np.flatnonzero(kind == jr.DECISIONS) + lo
     out = []
-    if frames:
-        scans = wire.decode_scans(frames, limits=_LIMITS)
+    if len(dec):
+        rows = r["rows"][dec]
+        first = int(r["first_frame"][dec[0]])
+        last = int(r["first_frame"][dec[-1]] + r["n_frames"][dec[-1]])
+        scans = wire.decode_scans_in(index.data, f["offset"][first:last],
+                                     f["length"][first:last], limits=_LIMITS)
         if scans.errors:
-            index, error = scans.errors[0]
+            i, error = scans.errors[0]
             raise ValueError(f"a journaled SCAN frame does not decode: {error.code}: {error}")
         n = len(scans.seq)
-        counts_a = np.asarray(counts, np.int64)
-        if n != int(counts_a.sum()):
-            raise ValueError(f"journal: {n} scan events but {int(counts_a.sum())} decisions")
-        dseq = np.concatenate([m.decision_seq for m in messages])
-        chute = np.concatenate([m.chute for m in messages])
-        reason = np.concatenate([m.reason for m in messages])
-        pid = np.concatenate([m.parcel_id for m in messages])
-        if not np.array_equal(pid, scans.events.parcel_ids):
+        if n != int(rows.sum()):
+            raise ValueError(f"journal: {n} scan events but {int(rows.sum())} decisions")
+        m = wire.decode_decisions_in(index.data, r["message_offset"][dec],
+                                     r["message_length"][dec], limits=_LIMITS)
+        if not np.array_equal(m.counts, rows):
+            raise ValueError("journal: a DECISION message's records differ from its rows")
+        if not np.array_equal(m.parcel_id, scans.events.parcel_ids):
             raise ValueError("journal: DECISION parcel ids differ from the SCAN frames'")
-        ts = np.repeat(np.asarray(times, np.int64), counts_a)
+        ts = np.repeat(r["time_ns"][dec], rows)
         # destination names: each record's indices into its PLAN's names (-1: null); the
         # names of all the plans in one table, each plan's block at its offset
-        dest = np.concatenate(dests).astype(np.int64)
-        all_names, offset = [], []
-        for p in plans:
+        row0 = int(r["first_row"][dec[0]])
+        dest = index.destination[row0:row0 + int(rows.sum())].astype(np.int64)
+        plan_ids = sorted(set(plan_of[dec].tolist()))
+        all_names, offset, size = [], [], []
+        for k in plan_ids:
+            names = plans[k].names if k >= 0 else []
             offset.append(len(all_names))
-            all_names += p.names if p is not None else []
-        base = np.repeat(np.asarray(offset, np.int64)[plan_of], counts_a)
-        size = np.repeat(np.asarray([len(p.names) if p is not None else 0 for p in plans],
-                                    np.int64)[plan_of], counts_a)
-        dest = np.where((dest >= 0) & (dest < size), base + dest, -1)
-        versions = sorted({m.plan_version for m in messages})
-        version_of = np.repeat(np.asarray([versions.index(m.plan_version) for m in messages],
-                                          np.int64), counts_a)
-        out.append(decision_batch(scans.events, scans.seq, dseq, chute, reason,
-                                  _take_names(all_names, dest),
-                                  _take_names(versions, version_of), ts))
-    if bad_ts:
-        out.append(malformed_batch(bad_ts, bad_raw, bad_error, bad_version))
+            size.append(len(names))
+            all_names += names
+        which = np.searchsorted(np.asarray(plan_ids, np.int64), plan_of[dec])
+        base = np.repeat(np.asarray(offset, np.int64)[which], rows)
+        limit = np.repeat(np.asarray(size, np.int64)[which], rows)
+        dest = np.where((dest >= 0) & (dest < limit), base + dest, -1)
+        version_of = np.repeat(m.version_of.astype(np.int64), rows)
+        out.append(decision_batch(scans.events, scans.seq, m.decision_seq, m.chute, m.reason,
+                                  _take_names(all_names, dest), _take_names(m.versions, version_of),
+                                  ts))
+    bad = np.flatnonzero(kind == jr.MALFORMED) + lo
+    if len(bad):
+        recs = [index.record(int(i)) for i in bad]
+        versions = [plans[k].plan_version if k >= 0 else None for k in plan_of[bad].tolist()]
+        out.append(malformed_batch([x.time_ns for x in recs], [x.raw for x in recs],
+                                   [x.error for x in recs], versions))
     return out
 
 
-def segment_batches(scan: jr.SegmentScan) -> list[tuple[str, list[pa.RecordBatch]]]:
+def segment_batches(index: jr.SegmentIndex) -> list[tuple[str, list[pa.RecordBatch]]]:
     """(date, batches) per run of consecutive records with the same UTC date (of their
-    decision time), in journal order: one compacted file each."""
-    runs: list[tuple[str, list[jr.Record]]] = []
-    plan, plans_before = None, []
-    day, d = None, None
-    for r in scan.records:
-        if r.kind == jr.PLAN:
-            plan = r
-            if runs:
-                runs[-1][1].append(r)
-            continue
-        if r.time_ns // _DAY_NS != day:
-            day, d = r.time_ns // _DAY_NS, _date(r.time_ns)
-        if not runs or runs[-1][0] != d:
-            runs.append((d, []))
-            plans_before.append(plan)
-        runs[-1][1].append(r)
-    # each run starts with the plan in force before it
-    return [(d, _batches_of(records, p)) for (d, records), p in zip(runs, plans_before)]
+    decision time), in journal order: one compacted file each. Decoded in bulk: one
+    `decode_scans_in` and one `decode_decisions_in` call per run."""
+    kind = index.records["kind"]
+    n = len(kind)
+    if n == 0:
+        return []
+    is_plan = kind == jr.PLAN
+    positions = np.where(is_plan, np.arange(n), -1)
+    plan_of = np.maximum.accumulate(positions)              # the PLAN in force at each record
+    plans = {int(i): index.record(int(i)) for i in np.flatnonzero(is_plan)}
+    # runs: a new one where a non-PLAN record's day differs from the previous non-PLAN one's
+    data_rec = np.flatnonzero(~is_plan)
+    if len(data_rec) == 0:
+        return []
+    day = index.records["time_ns"][data_rec] // _DAY_NS
+    starts = data_rec[np.concatenate(([True], day[1:] != day[:-1]))]
+    bounds = list(starts) + [n]
+    runs = []
+    for k in range(len(starts)):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        runs.append((_date(int(index.records["time_ns"][lo])),
+                     _run_batches(index, lo, hi, plan_of, plans)))
+    return runs
 
 
 @dataclass
@@ -168,7 +168,7 @@ def compact_segment(directory, segment: Path, *, compression: str | None = None,
     """Write the Arrow files of one sealed segment, then delete it. Idempotent: a file this
     segment already produced (same name, same segment in its footer) is not written again."""
     root = Path(directory)
-    scan = jr.read_segment(segment)
+    scan = jr.index_segment(segment)
     written, rows = [], 0
     options = ipc.IpcWriteOptions(compression=compression)
     for part, (date, batches) in enumerate(segment_batches(scan)):
@@ -218,7 +218,7 @@ def journal_tables(directory) -> list[tuple[int, pa.Table]]:
     out = []
     for path in jr.segments(directory):
         try:
-            scan = jr.read_segment(path)
+            scan = jr.index_segment(path)
         except FileNotFoundError:               # compacted meanwhile
             continue
         batches = [b for _, bs in segment_batches(scan) for b in bs if b.num_rows]

@@ -16,7 +16,7 @@ order); the compiler turns them into plain moves on x86 and ARM.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, \
     PyBytes_CheckExact
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -470,23 +470,11 @@ def decode_scans(frames, Py_ssize_t max_frame, Py_ssize_t max_records, int max_r
     """
     cdef Limits lim = _limits(max_frame, max_records, max_reads, max_read_len)
     cdef tuple items = tuple(frames)      # holds every frame for the call, whatever the list does
-    cdef Py_ssize_t n_frames = len(items), i, total = 0
-    cdef Py_ssize_t ne = 0, nr = 0, nd = 0, fe = 0, fr = 0, fd = 0
+    cdef Py_ssize_t n_frames = len(items), i
     cdef Frame* fs = <Frame*>PyMem_Malloc(max(n_frames, 1) * sizeof(Frame))
     cdef Py_buffer* views = NULL
     cdef Frame* f
     cdef object item
-    cdef cnp.ndarray pid, seq, ts, sc, rc, eo, ro, data, counts, kinds
-    cdef uint64_t* ppid
-    cdef uint64_t* pseq
-    cdef int64_t* pts
-    cdef uint16_t* psc
-    cdef uint8_t* prc
-    cdef int32_t* peo
-    cdef int32_t* pro
-    cdef uint8_t* pdata
-    cdef int32_t* pcounts
-    cdef uint8_t* pkinds
     if fs == NULL:
         raise MemoryError()
     memset(fs, 0, max(n_frames, 1) * sizeof(Frame))
@@ -511,51 +499,7 @@ def decode_scans(frames, Py_ssize_t max_frame, Py_ssize_t max_records, int max_r
                 f.size = views[i].len
             if f.size == 0:
                 f.p = EMPTY
-            total += f.size
-        if total >= NOGIL_BYTES:
-            with nogil:
-                scans_count(fs, n_frames, &lim, &ne, &nr, &nd)
-        else:
-            scans_count(fs, n_frames, &lim, &ne, &nr, &nd)
-        if nr > MAX_OFFSET or nd > MAX_OFFSET:
-            raise OverflowError(f"the frames hold {nr} reads of {nd} bytes in all, more than "
-                                f"int32 offsets address: decode fewer frames per call")
-        pid = new_column(ne, cnp.NPY_UINT64)
-        seq = new_column(ne, cnp.NPY_UINT64)
-        ts = new_column(ne, cnp.NPY_INT64)
-        sc = new_column(ne, cnp.NPY_UINT16)
-        rc = new_column(ne, cnp.NPY_UINT8)
-        eo = new_column(ne + 1, cnp.NPY_INT32)
-        ro = new_column(nr + 1, cnp.NPY_INT32)
-        data = new_column(nd, cnp.NPY_UINT8)
-        counts = new_column(n_frames, cnp.NPY_INT32)
-        kinds = new_column(n_frames, cnp.NPY_UINT8)
-        ppid, pseq, pts = <uint64_t*>column_ptr(pid), <uint64_t*>column_ptr(seq), <int64_t*>column_ptr(ts)
-        psc, prc = <uint16_t*>column_ptr(sc), <uint8_t*>column_ptr(rc)
-        peo, pro, pdata = <int32_t*>column_ptr(eo), <int32_t*>column_ptr(ro), <uint8_t*>column_ptr(data)
-        pcounts, pkinds = <int32_t*>column_ptr(counts), <uint8_t*>column_ptr(kinds)
-        if nd >= NOGIL_BYTES:
-            with nogil:
-                scans_fill(fs, n_frames, &lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
-                           pcounts, pkinds, &fe, &fr, &fd)
-        else:
-            scans_fill(fs, n_frames, &lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
-                       pcounts, pkinds, &fe, &fr, &fd)
-        if fe < ne:
-            pid, seq, ts, sc, rc, eo = pid[:fe], seq[:fe], ts[:fe], sc[:fe], rc[:fe], eo[:fe + 1]
-        if fr < nr:
-            ro = ro[:fr + 1]
-        if fd < nd:
-            data = data[:fd]
-        errors = []
-        for i in range(n_frames):
-            f = &fs[i]
-            if f.err == E_UNEXPECTED_KIND:
-                errors.append((i, _fail(f.err, f.off, f"kind {f.h.kind}, expected {K_SCAN} "
-                                                      f"or {K_HEARTBEAT}")))
-            elif f.err != OK:
-                errors.append((i, _body_fail(f.err, f.off, &f.h)))
-        return (pid, seq, ts, sc, rc, eo, ro, data, counts, kinds, errors)
+        return _decode_frames(fs, n_frames, &lim)
     finally:
         if views != NULL:
             for i in range(n_frames):
@@ -563,6 +507,99 @@ def decode_scans(frames, Py_ssize_t max_frame, Py_ssize_t max_records, int max_r
                     PyBuffer_Release(&views[i])
             PyMem_Free(views)
         PyMem_Free(fs)
+
+
+def decode_scans_in(const uint8_t[::1] buf, offsets_, lengths_, Py_ssize_t max_frame,
+                    Py_ssize_t max_records, int max_reads, int max_read_len):
+    """`decode_scans` of frames that lie in one buffer (a journal segment): frame i is
+    buf[offsets[i]:offsets[i] + lengths[i]] (int64 columns). No object per frame. Raises
+    ValueError for a frame outside the buffer."""
+    cdef cnp.ndarray offsets = _as(offsets_, cnp.NPY_INT64, "offsets")
+    cdef cnp.ndarray lengths = _as(lengths_, cnp.NPY_INT64, "lengths")
+    cdef Py_ssize_t n_frames = cnp.PyArray_SIZE(offsets), i
+    if cnp.PyArray_SIZE(lengths) != n_frames:
+        raise ValueError("offsets and lengths differ in length")
+    cdef const int64_t* po = <const int64_t*>column_ptr(offsets)
+    cdef const int64_t* pl = <const int64_t*>column_ptr(lengths)
+    cdef Limits lim = _limits(max_frame, max_records, max_reads, max_read_len)
+    cdef Frame* fs = <Frame*>PyMem_Malloc(max(n_frames, 1) * sizeof(Frame))
+    if fs == NULL:
+        raise MemoryError()
+    memset(fs, 0, max(n_frames, 1) * sizeof(Frame))
+    try:
+        for i in range(n_frames):
+            if po[i] < 0 or pl[i] < 0 or po[i] > buf.shape[0] - pl[i]:
+                raise ValueError(f"frame {i} ({po[i]}, {pl[i]} bytes) is outside the buffer")
+            fs[i].p = _ptr(buf) + po[i] if pl[i] else EMPTY
+            fs[i].size = pl[i]
+        return _decode_frames(fs, n_frames, &lim)
+    finally:
+        PyMem_Free(fs)
+
+
+cdef tuple _decode_frames(Frame* fs, Py_ssize_t n_frames, const Limits* lim):
+    """decode_scans' last two loops: validate and count, then fill columns of the exact size;
+    the GIL is released when the frames are large enough for it to pay."""
+    cdef Py_ssize_t i, total = 0
+    cdef Py_ssize_t ne = 0, nr = 0, nd = 0, fe = 0, fr = 0, fd = 0
+    cdef Frame* f
+    cdef cnp.ndarray pid, seq, ts, sc, rc, eo, ro, data, counts, kinds
+    cdef uint64_t* ppid
+    cdef uint64_t* pseq
+    cdef int64_t* pts
+    cdef uint16_t* psc
+    cdef uint8_t* prc
+    cdef int32_t* peo
+    cdef int32_t* pro
+    cdef uint8_t* pdata
+    cdef int32_t* pcounts
+    cdef uint8_t* pkinds
+    for i in range(n_frames):
+        total += fs[i].size
+    if total >= NOGIL_BYTES:
+        with nogil:
+            scans_count(fs, n_frames, lim, &ne, &nr, &nd)
+    else:
+        scans_count(fs, n_frames, lim, &ne, &nr, &nd)
+    if nr > MAX_OFFSET or nd > MAX_OFFSET:
+        raise OverflowError(f"the frames hold {nr} reads of {nd} bytes in all, more than "
+                            f"int32 offsets address: decode fewer frames per call")
+    pid = new_column(ne, cnp.NPY_UINT64)
+    seq = new_column(ne, cnp.NPY_UINT64)
+    ts = new_column(ne, cnp.NPY_INT64)
+    sc = new_column(ne, cnp.NPY_UINT16)
+    rc = new_column(ne, cnp.NPY_UINT8)
+    eo = new_column(ne + 1, cnp.NPY_INT32)
+    ro = new_column(nr + 1, cnp.NPY_INT32)
+    data = new_column(nd, cnp.NPY_UINT8)
+    counts = new_column(n_frames, cnp.NPY_INT32)
+    kinds = new_column(n_frames, cnp.NPY_UINT8)
+    ppid, pseq, pts = <uint64_t*>column_ptr(pid), <uint64_t*>column_ptr(seq), <int64_t*>column_ptr(ts)
+    psc, prc = <uint16_t*>column_ptr(sc), <uint8_t*>column_ptr(rc)
+    peo, pro, pdata = <int32_t*>column_ptr(eo), <int32_t*>column_ptr(ro), <uint8_t*>column_ptr(data)
+    pcounts, pkinds = <int32_t*>column_ptr(counts), <uint8_t*>column_ptr(kinds)
+    if nd >= NOGIL_BYTES:
+        with nogil:
+            scans_fill(fs, n_frames, lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
+                       pcounts, pkinds, &fe, &fr, &fd)
+    else:
+        scans_fill(fs, n_frames, lim, ppid, pseq, pts, psc, prc, peo, pro, pdata,
+                   pcounts, pkinds, &fe, &fr, &fd)
+    if fe < ne:
+        pid, seq, ts, sc, rc, eo = pid[:fe], seq[:fe], ts[:fe], sc[:fe], rc[:fe], eo[:fe + 1]
+    if fr < nr:
+        ro = ro[:fr + 1]
+    if fd < nd:
+        data = data[:fd]
+    errors = []
+    for i in range(n_frames):
+        f = &fs[i]
+        if f.err == E_UNEXPECTED_KIND:
+            errors.append((i, _fail(f.err, f.off, f"kind {f.h.kind}, expected {K_SCAN} "
+                                                  f"or {K_HEARTBEAT}")))
+        elif f.err != OK:
+            errors.append((i, _body_fail(f.err, f.off, &f.h)))
+    return (pid, seq, ts, sc, rc, eo, ro, data, counts, kinds, errors)
 
 
 def frame_of_event(counts_):
@@ -739,6 +776,80 @@ def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t ma
     if e != OK:
         raise _fail(e, start + off)
     return (_header_tuple(&h), plan_version, pid, seq, dseq, chute, reason, sc, decided)
+
+
+def decode_decisions_in(const uint8_t[::1] buf, offsets_, lengths_, Py_ssize_t max_frame,
+                        Py_ssize_t max_records):
+    """Many DECISION messages that lie in one buffer (a journal segment), message i at
+    buf[offsets[i]:offsets[i] + lengths[i]], each checked as `decode_decisions` checks one,
+    into one set of columns. -> (parcel_id, seq, decision_seq, chute, reason, scanner_id,
+    counts int64 (records per message), version_of int32 (index into versions per message),
+    versions (list of distinct plan_version bytes, first seen first)). Raises WireError
+    naming the message (its index) and the offset in it."""
+    cdef cnp.ndarray offsets = _as(offsets_, cnp.NPY_INT64, "offsets")
+    cdef cnp.ndarray lengths = _as(lengths_, cnp.NPY_INT64, "lengths")
+    cdef Py_ssize_t n_msgs = cnp.PyArray_SIZE(offsets), i, n, total = 0, plv, timed, start
+    cdef Py_ssize_t off = 0
+    if cnp.PyArray_SIZE(lengths) != n_msgs:
+        raise ValueError("offsets and lengths differ in length")
+    cdef const int64_t* po = <const int64_t*>column_ptr(offsets)
+    cdef const int64_t* pl = <const int64_t*>column_ptr(lengths)
+    cdef Limits lim = _limits(max_frame, max_records, 255, 65535)
+    cdef Header h
+    cdef const uint8_t* p
+    cdef int e
+    cdef cnp.ndarray counts = new_column(n_msgs, cnp.NPY_INT64)
+    cdef cnp.ndarray version_of = new_column(n_msgs, cnp.NPY_INT32)
+    cdef int64_t* pcounts = <int64_t*>column_ptr(counts)
+    cdef int32_t* pvof = <int32_t*>column_ptr(version_of)
+    cdef list versions = []
+    cdef dict known = {}
+    cdef bytes last = None
+    cdef int32_t last_index = -1
+    for i in range(n_msgs):                       # pass 1: every header, the totals
+        if po[i] < 0 or pl[i] < 0 or po[i] > buf.shape[0] - pl[i]:
+            raise ValueError(f"message {i} ({po[i]}, {pl[i]} bytes) is outside the buffer")
+        p = _ptr(buf) + po[i]
+        e = check_header(p, pl[i], &lim, &h, &off)
+        if e == OK and h.kind != K_DECISION:
+            e, off = E_UNEXPECTED_KIND, 3
+        if e != OK:
+            raise _fail(e, off, f"message {i}")
+        timed = 8 if h.version == VERSION_DECIDED else 0
+        if h.body_len < 1 or h.body_len - 1 < p[HEADER_SIZE] + timed or \
+                h.body_len - 1 - p[HEADER_SIZE] - timed != DECISION_RECORD * h.count:
+            raise _fail(E_LENGTH_MISMATCH, 4, f"message {i}: its records and body_len differ")
+        plv = p[HEADER_SIZE]
+        if last is None or plv != len(last) or \
+                memcmp(<const char*>p + HEADER_SIZE + 1, PyBytes_AS_STRING(last), plv) != 0:
+            last = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE + 1, plv)
+            last_index = known.setdefault(last, len(versions))
+            if last_index == len(versions):
+                versions.append(last)
+        pvof[i] = last_index
+        pcounts[i] = h.count
+        total += h.count
+    cdef cnp.ndarray pid = new_column(total, cnp.NPY_UINT64), seq = new_column(total, cnp.NPY_UINT64)
+    cdef cnp.ndarray dseq = new_column(total, cnp.NPY_UINT64), chute = new_column(total, cnp.NPY_UINT16)
+    cdef cnp.ndarray reason = new_column(total, cnp.NPY_UINT8), sc = new_column(total, cnp.NPY_UINT16)
+    cdef uint64_t* ppid = <uint64_t*>column_ptr(pid)
+    cdef uint64_t* pseq = <uint64_t*>column_ptr(seq)
+    cdef uint64_t* pdseq = <uint64_t*>column_ptr(dseq)
+    cdef uint16_t* pchute = <uint16_t*>column_ptr(chute)
+    cdef uint8_t* preason = <uint8_t*>column_ptr(reason)
+    cdef uint16_t* psc = <uint16_t*>column_ptr(sc)
+    cdef Py_ssize_t at = 0
+    for i in range(n_msgs):                       # pass 2: the records
+        p = _ptr(buf) + po[i]
+        timed = 8 if p[2] == VERSION_DECIDED else 0
+        start = HEADER_SIZE + 1 + p[HEADER_SIZE] + timed
+        n = pcounts[i]
+        e = parse_decisions(p + start, n, ppid + at, pseq + at, pdseq + at, pchute + at,
+                            preason + at, psc + at, &off)
+        if e != OK:
+            raise _fail(e, start + off, f"message {i}")
+        at += n
+    return (pid, seq, dseq, chute, reason, sc, counts, version_of, versions)
 
 
 def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_,

@@ -42,8 +42,9 @@ __all__ = [
     "HEARTBEAT", "KIND_NAMES", "OUTCOMES", "ERROR_CODES", "MAX_FRAME", "MAX_RECORDS",
     "MAX_READS", "MAX_READ_LEN", "Limits", "DEFAULT_LIMITS", "WireError", "Header", "ScanBatch",
     "DecisionBatch", "ChuteStatusBatch", "SortConfirmBatch", "ScanBatches", "peek_header",
-    "decode_message", "encode_scan", "decode_scan", "decode_scans", "encode_decisions",
-    "encode_decisions_for", "decode_decisions", "encode_chute_status", "decode_chute_status",
+    "decode_message", "encode_scan", "decode_scan", "decode_scans", "decode_scans_in",
+    "encode_decisions", "encode_decisions_for", "decode_decisions", "decode_decisions_in",
+    "DecisionColumns", "encode_chute_status", "decode_chute_status",
     "encode_sort_confirm", "decode_sort_confirm", "encode_heartbeat", "decode_heartbeat",
     "annotate",
 ]
@@ -299,6 +300,16 @@ def decode_scans(frames, *, limits: Limits = DEFAULT_LIMITS) -> ScanBatches:
     return ScanBatches(EventBatch(pid, sc, ts, rc, eo, ro, data), seq, counts, kinds, errors)
 
 
+def decode_scans_in(buf, offsets, lengths, *, limits: Limits = DEFAULT_LIMITS) -> ScanBatches:
+    """`decode_scans` of frames lying in one buffer (frame i at buf[offsets[i]:offsets[i] +
+    lengths[i]], int64 columns): no object per frame, for readers of a journal segment.
+    Raises ValueError for a frame outside the buffer."""
+    pid, seq, ts, sc, rc, eo, ro, data, counts, kinds, errors = _wire.decode_scans_in(
+        buf, offsets, lengths, limits.max_frame, limits.max_records, limits.max_reads,
+        limits.max_read_len)
+    return ScanBatches(EventBatch(pid, sc, ts, rc, eo, ro, data), seq, counts, kinds, errors)
+
+
 # ---------------------------------------------------------------------------------------------
 # DECISION
 
@@ -337,6 +348,44 @@ def decode_decisions(buf, *, limits: Limits = DEFAULT_LIMITS) -> DecisionBatch:
         raise WireError("bad_record", HEADER_SIZE + 1 + e.start,
                         "plan_version is not UTF-8") from None
     return DecisionBatch(_header(h), plan_version, pid, seq, dseq, chute, reason, sc, decided)
+
+
+@dataclass
+class DecisionColumns:
+    """Many DECISION messages decoded into one set of columns (`decode_decisions_in`):
+    records in message order; `counts` records per message, `version_of` each message's
+    plan version as an index into `versions`."""
+    parcel_id: np.ndarray      # uint64
+    seq: np.ndarray            # uint64
+    decision_seq: np.ndarray   # uint64
+    chute: np.ndarray          # uint16
+    reason: np.ndarray         # uint8
+    scanner_id: np.ndarray     # uint16
+    counts: np.ndarray         # int64, one per message
+    version_of: np.ndarray     # int32, one per message
+    versions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.parcel_id)
+
+
+def decode_decisions_in(buf, offsets, lengths, *,
+                        limits: Limits = DEFAULT_LIMITS) -> DecisionColumns:
+    """The records of many DECISION messages lying in one buffer (message i at
+    buf[offsets[i]:offsets[i] + lengths[i]], int64 columns), each checked as
+    `decode_decisions` checks one, in one compiled call: what the audit's compactor reads
+    from a journal segment. Raises WireError (its detail names the message) or ValueError (a
+    message outside the buffer)."""
+    pid, seq, dseq, chute, reason, sc, counts, version_of, versions = _wire.decode_decisions_in(
+        buf, offsets, lengths, limits.max_frame, limits.max_records)
+    names = []
+    for v in versions:
+        try:
+            names.append(v.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise WireError("bad_record", HEADER_SIZE + 1 + e.start,
+                            "plan_version is not UTF-8") from None
+    return DecisionColumns(pid, seq, dseq, chute, reason, sc, counts, version_of, names)
 
 
 # ---------------------------------------------------------------------------------------------
