@@ -462,17 +462,18 @@ def test_the_next_segment_is_made_ready_by_the_fsync_thread(tmp_path):
     """A roll takes the spare segment the fsync thread created (preallocated, header and
     directory fsynced) instead of fsyncing on the hot path; ids keep increasing; a close
     leaves no spare behind."""
-    w = jr.JournalWriter(tmp_path, segment_bytes=8192, fsync_interval_s=0.02, seal_after_s=None)
-    w.set_plan(1, PLAN.version, NAMES)
+    w = jr.JournalWriter(tmp_path, segment_bytes=16384, fsync_interval_s=0.02, seal_after_s=None)
+    w.set_plan(1, PLAN.version, ["a", "b"])
     frames, message, dest = _turn_parts(1)
     record = jr.decisions_record(2, frames, message, dest)
     w.append(record)
     first = w.path
     deadline = time.monotonic() + 10
-    while len(list((tmp_path / jr.JOURNAL_DIR).glob("*.open"))) < 2:
+    while w.spare is None:
         assert time.monotonic() < deadline, "no spare segment was made"
         time.sleep(0.01)
-    spare = max((tmp_path / jr.JOURNAL_DIR).glob("*.open"), key=jr._segment_id)
+    spare = w.spare
+    assert sorted((tmp_path / jr.JOURNAL_DIR).glob("*.open")) == [first, spare]
     assert spare != first and jr.read_segment(spare).records == []     # a header, no record
     while w.path == first:
         w.append(record)

@@ -34,6 +34,7 @@ import logging
 import mmap
 import os
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,11 @@ RECORD = struct.Struct("<IIBBHI")           # length, crc32c, kind, reserved, re
 PLAN, DECISIONS, MALFORMED = 1, 2, 3
 KINDS = {PLAN: "plan", DECISIONS: "decisions", MALFORMED: "malformed"}
 _DECISIONS_HEAD = struct.Struct("<qII")     # decision time, frames, message length
+_DECISIONS_HEAD_1 = struct.Struct("<qIII")  # ... of one frame, and that frame's length
+_TAIL = struct.Struct("<BBHI")              # a record header's bytes 8..16: kind, 0, 0, rows
+_I4 = np.dtype(np.int32)
+_LITTLE = sys.byteorder == "little"
+_JOIN_BYTES = 4096                          # records up to this payload are joined, not vectored
 _TIME_LEN = struct.Struct("<qH")            # time, then a u16 length
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -76,8 +82,7 @@ def record_parts(kind: int, rows: int, parts) -> list:
     and the payload, kind, rows), then `parts`, the payload. The engine hands the list to one
     `pwritev(2)`, so a turn's frames are not copied into one bytes object first."""
     length = 0
-    tail = RECORD.pack(0, 0, kind, 0, 0, rows)[8:]
-    crc = crc32c(tail)
+    crc = crc32c(_TAIL.pack(kind, 0, 0, rows))
     for part in parts:
         crc = crc32c(part, crc)
         length += memoryview(part).nbytes
@@ -98,21 +103,35 @@ def plan_record(time_ns: int, version: str, names: list[str]) -> bytes:
     return record_bytes(PLAN, 0, parts)
 
 
-def decisions_parts(decision_ns: int, frames, message, destination: np.ndarray) -> list:
-    """The record of one turn as buffers (`record_parts`): the SCAN frames routed, the
-    DECISION message as sent and the destination index of each decision (int32, one per
-    decision). Nothing is copied: write it before the buffers change."""
+def decisions_parts(decision_ns: int, frames, message, destination: np.ndarray):
+    """The record of one turn: the SCAN frames routed, the DECISION message as sent and the
+    destination index of each decision (int32, one per decision). A small record (the usual
+    one-frame turn at low rates) comes back as bytes, joined: one CRC32C call and few Python
+    steps are what its latency is made of. A larger one comes back as buffers
+    (`record_parts`), nothing copied, for one pwritev(2): write it before they change."""
     rows = len(destination)
+    if not (_LITTLE and type(destination) is np.ndarray and destination.dtype is _I4
+            and destination.flags.c_contiguous):
+        destination = np.ascontiguousarray(destination, "<i4")
+    if len(frames) == 1:
+        frame = frames[0]
+        size = len(frame) + len(message) + 4 * rows
+        head = _DECISIONS_HEAD_1.pack(decision_ns, 1, len(message), len(frame))
+        if size <= _JOIN_BYTES:
+            payload = b"".join((head, frame, message, destination))
+            tail = _TAIL.pack(DECISIONS, 0, 0, rows)
+            return RECORD.pack(len(payload), crc32c(payload, crc32c(tail)), DECISIONS, 0, 0,
+                               rows) + payload
+        return record_parts(DECISIONS, rows, [head, frame, message, destination])
     head = _DECISIONS_HEAD.pack(decision_ns, len(frames), len(message))
     lengths = struct.pack(f"<{len(frames)}I", *map(len, frames))
-    return record_parts(DECISIONS, rows,
-                        [head, lengths, *frames, message,
-                         np.ascontiguousarray(destination, "<i4")])
+    return record_parts(DECISIONS, rows, [head, lengths, *frames, message, destination])
 
 
 def decisions_record(decision_ns: int, frames, message, destination: np.ndarray) -> bytes:
     """`decisions_parts` as one bytes object."""
-    return b"".join(decisions_parts(decision_ns, frames, message, destination))
+    record = decisions_parts(decision_ns, frames, message, destination)
+    return record if isinstance(record, bytes) else b"".join(record)
 
 
 def malformed_record(time_ns: int, raw, error: str) -> bytes:
@@ -417,6 +436,12 @@ class JournalWriter:
         """The open segment, or None."""
         return self._path
 
+    @property
+    def spare(self) -> Path | None:
+        """The segment the fsync thread made ready for the next roll, or None."""
+        spare = self._spare
+        return spare[1] if spare is not None else None
+
     def set_plan(self, time_ns: int, version: str, names: list[str]) -> None:
         """The plan the next decisions are made by: a PLAN record now (and first in every new
         segment), so the compactor knows the version and the destination names."""
@@ -434,7 +459,7 @@ class JournalWriter:
         else:
             if len(record) > _IOV_MAX:                 # pwritev takes IOV_MAX buffers at most
                 record = [record[0], b"".join(record[1:])]
-            size = sum(memoryview(part).nbytes for part in record)
+            size = RECORD.size + _U32.unpack_from(record[0])[0]     # the header's length
         if self._fd < 0 or self._pos + size > self._size:
             self._next_segment(size)
         try:
