@@ -70,15 +70,19 @@ except ImportError:                         # pragma: no cover - numpy percentil
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = {"rate": 20_000, "duration": 10.0, "warmup": 1.0, "batch": 1,
-            "sat_rates": (50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000),
+            "sat_rates": (50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000, 2_000_000,
+                          2_400_000, 3_200_000),
             "sat_batch": 64, "sat_duration": 3.0, "sat_warmup": 0.5, "refine": 1,
             "pool": 100_000, "sweep_rates": (1_000, 5_000, 10_000, 40_000),
             "sweep_duration": 3.0, "sweep_warmup": 0.5}
 QUICK = {"duration": 2.0, "warmup": 0.5, "sat_rates": (50_000, 200_000, 800_000),
          "sweep_rates": (5_000,), "sweep_duration": 1.0, "sweep_warmup": 0.25,
          "sat_duration": 1.0, "sat_warmup": 0.25, "refine": 0, "pool": 20_000}
-GOALS = {"p99_ratio_max": 1.5, "p999_ratio_max": 2.0, "max_sustained_per_s_min": 200_000,
-         "e2e_p999_us_max_quiet": 1000}
+# The audit v2 issue's goals (it raised the engine issue's 200k/s and 1 ms): at 20k events/s
+# one per message, p99 <= 1.5x and p99.9 <= 2x the relay's in the same run; at 64 per message
+# >= 2M events/s sustained; p99.9 under 2 ms on a quiet machine (an aim).
+GOALS = {"p99_ratio_max": 1.5, "p999_ratio_max": 2.0, "max_sustained_per_s_min": 2_000_000,
+         "e2e_p999_us_max_quiet": 2000}
 SYSTEM_KEYS = {"engine": "e2e", "engine-b": "e2e_b", "relay": "relay", "proxy": "proxy"}
 RELAY_SYSTEMS = {"python": "relay", "zmq-proxy": "proxy"}
 
@@ -113,7 +117,7 @@ def add_arguments(parser) -> None:
                    help="seconds sent first at the same rate, not measured (1; quick 0.5)")
     g.add_argument("--batch", type=_count, help="events per message in the latency phase (1)")
     g.add_argument("--sat-rates", type=_rates, metavar="LIST",
-                   help="saturation rates, comma-separated (50k,100k,200k,400k,800k,1.6M; "
+                   help="saturation rates, comma-separated (50k,100k,200k,400k,800k,1.6M,2M,2.4M,3.2M; "
                         "quick 50k,200k,800k; 'none' skips the phase)")
     g.add_argument("--sweep-rates", type=_rates, metavar="LIST",
                    help="more offered rates at the latency phase's batch size, for latency "

@@ -26,8 +26,10 @@ import time
 
 import zmq
 
+from sorter.engine.config import EngineConfig
+
 KINDS = ("python", "zmq-proxy")
-DEFAULT_HWM = 100_000                 # the engine's rcvhwm / sndhwm defaults
+DEFAULT_HWM = EngineConfig.rcvhwm    # the engine's rcvhwm (and sndhwm) default: the same queues
 
 
 class _Stop(Exception):
