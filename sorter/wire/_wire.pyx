@@ -742,6 +742,29 @@ cdef int parse_decisions(const uint8_t* p, Py_ssize_t n, uint64_t* pid, uint64_t
     return OK
 
 
+cdef tuple _decision_columns(Py_ssize_t n):
+    """The six record columns of n decisions: parcel_id, seq, decision_seq, chute, reason,
+    scanner_id."""
+    return (new_column(n, cnp.NPY_UINT64), new_column(n, cnp.NPY_UINT64),
+            new_column(n, cnp.NPY_UINT64), new_column(n, cnp.NPY_UINT16),
+            new_column(n, cnp.NPY_UINT8), new_column(n, cnp.NPY_UINT16))
+
+
+cdef int _parse_decisions_into(const uint8_t* p, Py_ssize_t n, tuple cols, Py_ssize_t at,
+                               Py_ssize_t* off):
+    """parse_decisions into `_decision_columns`, from row `at` on (without the GIL)."""
+    cdef uint64_t* ppid = <uint64_t*>column_ptr(<cnp.ndarray>cols[0]) + at
+    cdef uint64_t* pseq = <uint64_t*>column_ptr(<cnp.ndarray>cols[1]) + at
+    cdef uint64_t* pdseq = <uint64_t*>column_ptr(<cnp.ndarray>cols[2]) + at
+    cdef uint16_t* pchute = <uint16_t*>column_ptr(<cnp.ndarray>cols[3]) + at
+    cdef uint8_t* preason = <uint8_t*>column_ptr(<cnp.ndarray>cols[4]) + at
+    cdef uint16_t* psc = <uint16_t*>column_ptr(<cnp.ndarray>cols[5]) + at
+    cdef int e
+    with nogil:
+        e = parse_decisions(p, n, ppid, pseq, pdseq, pchute, preason, psc, off)
+    return e
+
+
 def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t max_records):
     """-> (header tuple, plan_version bytes, parcel_id, seq, decision_seq, chute, reason,
     scanner_id, decided_ns: int, or None for a version 1 message)."""
@@ -762,20 +785,11 @@ def decode_decisions(const uint8_t[::1] buf, Py_ssize_t max_frame, Py_ssize_t ma
         raise _fail(E_LENGTH_MISMATCH, 4, f"{n} DECISION records need {DECISION_RECORD * n} bytes after plan_version, the body has {body - 1 - plv - timed}")
     decided = <int64_t>ld64(p + HEADER_SIZE + 1 + plv) if timed else None
     plan_version = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE + 1, plv)
-    cdef cnp.ndarray pid = new_column(n, cnp.NPY_UINT64), seq = new_column(n, cnp.NPY_UINT64)
-    cdef cnp.ndarray dseq = new_column(n, cnp.NPY_UINT64), chute = new_column(n, cnp.NPY_UINT16)
-    cdef cnp.ndarray reason = new_column(n, cnp.NPY_UINT8), sc = new_column(n, cnp.NPY_UINT16)
-    cdef uint64_t* ppid = <uint64_t*>column_ptr(pid)
-    cdef uint64_t* pseq = <uint64_t*>column_ptr(seq)
-    cdef uint64_t* pdseq = <uint64_t*>column_ptr(dseq)
-    cdef uint16_t* pchute = <uint16_t*>column_ptr(chute)
-    cdef uint8_t* preason = <uint8_t*>column_ptr(reason)
-    cdef uint16_t* psc = <uint16_t*>column_ptr(sc)
-    with nogil:
-        e = parse_decisions(p + start, n, ppid, pseq, pdseq, pchute, preason, psc, &off)
+    cdef tuple cols = _decision_columns(n)
+    e = _parse_decisions_into(p + start, n, cols, 0, &off)
     if e != OK:
         raise _fail(e, start + off)
-    return (_header_tuple(&h), plan_version, pid, seq, dseq, chute, reason, sc, decided)
+    return (_header_tuple(&h), plan_version) + cols + (decided,)
 
 
 def decode_decisions_in(const uint8_t[::1] buf, offsets_, lengths_, Py_ssize_t max_frame,
@@ -829,27 +843,18 @@ def decode_decisions_in(const uint8_t[::1] buf, offsets_, lengths_, Py_ssize_t m
         pvof[i] = last_index
         pcounts[i] = h.count
         total += h.count
-    cdef cnp.ndarray pid = new_column(total, cnp.NPY_UINT64), seq = new_column(total, cnp.NPY_UINT64)
-    cdef cnp.ndarray dseq = new_column(total, cnp.NPY_UINT64), chute = new_column(total, cnp.NPY_UINT16)
-    cdef cnp.ndarray reason = new_column(total, cnp.NPY_UINT8), sc = new_column(total, cnp.NPY_UINT16)
-    cdef uint64_t* ppid = <uint64_t*>column_ptr(pid)
-    cdef uint64_t* pseq = <uint64_t*>column_ptr(seq)
-    cdef uint64_t* pdseq = <uint64_t*>column_ptr(dseq)
-    cdef uint16_t* pchute = <uint16_t*>column_ptr(chute)
-    cdef uint8_t* preason = <uint8_t*>column_ptr(reason)
-    cdef uint16_t* psc = <uint16_t*>column_ptr(sc)
+    cdef tuple cols = _decision_columns(total)
     cdef Py_ssize_t at = 0
     for i in range(n_msgs):                       # pass 2: the records
         p = _ptr(buf) + po[i]
         timed = 8 if p[2] == VERSION_DECIDED else 0
         start = HEADER_SIZE + 1 + p[HEADER_SIZE] + timed
         n = pcounts[i]
-        e = parse_decisions(p + start, n, ppid + at, pseq + at, pdseq + at, pchute + at,
-                            preason + at, psc + at, &off)
+        e = _parse_decisions_into(p + start, n, cols, at, &off)
         if e != OK:
             raise _fail(e, start + off, f"message {i}")
         at += n
-    return (pid, seq, dseq, chute, reason, sc, counts, version_of, versions)
+    return cols + (counts, version_of, versions)
 
 
 def encode_decisions(bytes plan_version, pid_, seq_, dseq_, chute_, reason_, sc_,
