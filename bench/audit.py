@@ -4,7 +4,7 @@ record batch per turn (pyarrow's IPC file writer over `decision_batch`, what a p
 audit costs), by batch size and fsync policy; then the compactor's rows/s and the bytes on
 disk per decision (journal and compacted file).
 
-Journal: each call builds the turn's record (`decisions_record`: the SCAN frame, the DECISION
+Journal: each call builds the turn's record (`decisions_parts`, as the engine: the SCAN frame, the DECISION
 message, the destinations; header with CRC32C) and appends it with one write(2), as the
 engine does. Arrow writer: each call builds a record batch from the turn's columns and writes
 it (`RecordBatchFileWriter.write_batch`) to a `pyarrow.OSFile`. fsync policies: off, every 1 s
@@ -166,7 +166,7 @@ class _Journal:
 
     def write(self, turn, now_ns: int) -> int:
         _, seq, dec, _, frame, message = turn
-        self.w.append(self.journal.decisions_record(now_ns, [frame], message, dec.destination))
+        self.w.append(self.journal.decisions_parts(now_ns, [frame], message, dec.destination))
         return len(seq)
 
     def close(self):
