@@ -1,34 +1,13 @@
-"""JSON-lines logging for the scanner side, in the same shape as the engine's log lines
-(`{"ts", "level", "event", ...fields}` on stderr), without importing the engine."""
+"""JSON-lines logging for the scanner side (`sorter.jsonlog`: the engine's shape,
+`{"ts", "level", "event", ...fields}` on stderr)."""
 from __future__ import annotations
 
-import json
-import logging
-import sys
+from sorter.jsonlog import JsonLogFormatter, log_event
+from sorter.jsonlog import setup_logging as _setup
 
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, and the event's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 6), "level": record.levelname.lower(),
-                 "event": record.getMessage()}
-        entry.update(getattr(record, "fields", {}))
-        return json.dumps(entry, default=str)
+__all__ = ["JsonLogFormatter", "log_event", "setup_logging"]
 
 
 def setup_logging(level: str = "INFO", stream=None, names=("scanners", "simulators")) -> None:
     """Send the scanner (and simulator) loggers to stderr as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    for name in names:
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
-
-
-def log_event(logger: logging.Logger, level: int, event: str, **fields) -> None:
-    """Log `event` with structured fields (they become keys of the JSON line)."""
-    if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"fields": fields})
+    _setup(names, level, stream=stream)

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # For each layer: the packages its modules may import from (sorter._shared: the compiled
 # helpers every compiled module shares; it imports nothing of ours).
-CORE = {"sorter._shared", "sorter.core"}
+CORE = {"sorter._shared", "sorter.jsonlog", "sorter.core"}
 ALLOWED = {
     "sorter._shared": {"sorter._shared"},
+    "sorter.jsonlog": {"sorter.jsonlog"},        # the log line shape every process uses
     "sorter.core": CORE,
     "sorter.plan": CORE | {"sorter.plan"},
     "sorter.wire": CORE | {"sorter.wire"},

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from sorter import wire
+from sorter import jsonlog, wire
 from sorter.audit import journal as jr
 from sorter.audit.files import AUDIT_SCHEMA, decision_batch, malformed_batch
 
@@ -370,9 +370,7 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # the engine decides when to stop
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter('{"level": "%(levelname)s", "event": "%(message)s"}'))
-    logging.getLogger("sorter").addHandler(handler)
+    jsonlog.setup_logging(("sorter",), "INFO")       # the engine's log line shape, on stderr
     c = Compactor(args.directory, interval_s=args.interval, compression=args.compression)
     while not stop.is_set() and os.getppid() == parent:
         c.run_once()

@@ -11,7 +11,6 @@ engine. docs/engine.md describes sockets, settings and behaviour.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import signal
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import zmq
 
 from sorter.engine import _turn
-from sorter import wire
+from sorter import jsonlog, wire
 from sorter.audit import AuditLocked, journal
 from sorter.audit.compactor import Compactor
 from sorter.audit.files import last_decision_seq
@@ -38,28 +37,10 @@ from sorter.core.router import Router
 
 log = logging.getLogger("sorter.engine")
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, and the event's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 6), "level": record.levelname.lower(),
-                 "event": record.getMessage()}
-        entry.update(getattr(record, "fields", {}))
-        return json.dumps(entry, default=str)
-
-
 def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
     """JSON lines on stderr, and also appended to `log_file` if given (never into the audit
     directory: it holds audit data only)."""
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger("sorter")
-    root.handlers[:] = handlers
-    root.setLevel(level.upper())
-    root.propagate = False
+    jsonlog.setup_logging(("sorter",), level, log_file=log_file)
 
 
 def _log(level: int, event: str, **fields) -> None:
