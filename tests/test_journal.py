@@ -486,3 +486,22 @@ def test_the_next_segment_is_made_ready_by_the_fsync_thread(tmp_path):
     scans = [jr.read_segment(p) for p in segs]
     assert all(not s.torn and s.records[0].kind == jr.PLAN for s in scans)
     assert sum(r.kind == jr.DECISIONS for s in scans for r in s.records) == w.records
+
+
+def test_a_plan_record_that_does_not_decode_ends_the_segment_for_every_reader(tmp_path):
+    """A PLAN record with a good CRC whose names are not UTF-8 is a torn tail to the bulk
+    reader and the compactor as to read_segment: the decisions before it are compacted."""
+    line = Line(tmp_path, fsync_interval_s=None)
+    line.scan([[b"050010"]], first_parcel=1)
+    bad = jr.record_bytes(jr.PLAN, 0, [jr._TIME_LEN.pack(5, 2), b"\xff\xfe", jr._U32.pack(0)])
+    at = line.journal._pos
+    line.journal.append(bad)
+    line.scan([[b"050010"]], first_parcel=2)
+    line.journal.close()
+    segment = jr.segments(tmp_path)[0]
+    index, scan = jr.index_segment(segment), jr.read_segment(segment)
+    assert index.torn and scan.torn and index.end == scan.end == at
+    assert "offset" in index.problem and len(index) == len(scan.records) == 2   # PLAN, DECISIONS
+    assert index.frames["offset"].size == 1 and index.destination.size == 1
+    compact_segment(tmp_path, segment)
+    assert decisions_of(read_audit(tmp_path)).column("decision_seq").to_pylist() == [1]

@@ -260,23 +260,39 @@ def index_segment(path) -> SegmentIndex:
         return SegmentIndex(path, sid, data, 0, True,
                             "not a journal segment (bad magic or version)", *empty)
     end, problem, records, frames, destination = _segment.walk(data, SEGMENT.size, crc32c)
-    return SegmentIndex(path, sid, data, end, bool(problem), problem, records, frames,
-                        destination)
+    index = SegmentIndex(path, sid, data, end, bool(problem), problem, records, frames,
+                         destination)
+    # the few PLAN and MALFORMED records are decoded here: one that does not decode ends the
+    # segment as a torn tail does (as `read_segment` sees it)
+    for i in np.flatnonzero(records["kind"] != DECISIONS).tolist():
+        try:
+            index.record(i)
+        except (ValueError, struct.error, UnicodeDecodeError) as e:
+            return _cut(index, i, str(e))
+    return index
+
+
+def _cut(index: SegmentIndex, i: int, why: str) -> SegmentIndex:
+    """`index` without record i and the ones after it (torn there)."""
+    r = index.records
+    dec = r["kind"][:i] == DECISIONS
+    n_frames = int(r["n_frames"][:i][dec].sum())
+    n_rows = int(r["rows"][:i][dec].sum())
+    end = int(r["offset"][i])
+    return SegmentIndex(index.path, index.segment_id, index.data, end, True,
+                        f"bad record at offset {end}: {why}",
+                        {k: v[:i] for k, v in r.items()},
+                        {k: v[:n_frames] for k, v in index.frames.items()},
+                        index.destination[:n_rows])
 
 
 def read_segment(path) -> SegmentScan:
     """Every good record of a segment, in order, decoded (`Record`), up to the end (zeroes)
     or the first bad record (a torn tail)."""
     index = index_segment(path)
-    records, end, torn, problem = [], index.end, index.torn, index.problem
-    for i in range(len(index)):
-        try:
-            records.append(index.record(i))
-        except (ValueError, struct.error, UnicodeDecodeError) as e:
-            end = int(index.records["offset"][i])
-            torn, problem = True, f"bad record at offset {end}: {e}"
-            break
-    return SegmentScan(index.path, index.segment_id, records, end, torn, problem)
+    records = [index.record(i) for i in range(len(index))]
+    return SegmentScan(index.path, index.segment_id, records, index.end, index.torn,
+                       index.problem)
 
 
 def _read_used(path: Path):
