@@ -65,7 +65,7 @@ def _run_batches(index: jr.SegmentIndex, lo: int, hi: int, plan_of: np.ndarray,
         scans = wire.decode_scans_in(index.data, f["offset"][first:last],
                                      f["length"][first:last], limits=_LIMITS)
         if scans.errors:
-            i, error = scans.errors[0]
+            _, error = scans.errors[0]
             raise ValueError(f"a journaled SCAN frame does not decode: {error.code}: {error}")
         n = len(scans.seq)
         if n != int(rows.sum()):
@@ -94,8 +94,8 @@ def _run_batches(index: jr.SegmentIndex, lo: int, hi: int, plan_of: np.ndarray,
         dest = np.where((dest >= 0) & (dest < limit), base + dest, -1)
         version_of = np.repeat(m.version_of.astype(np.int64), rows)
         out.append(decision_batch(scans.events, scans.seq, m.decision_seq, m.chute, m.reason,
-                                  _take_names(all_names, dest), _take_names(m.versions, version_of),
-                                  ts))
+                                  _take_names(all_names, dest),
+                                  _take_names(m.versions, version_of), ts))
     bad = np.flatnonzero(kind == jr.MALFORMED) + lo
     if len(bad):
         recs = [index.record(int(i)) for i in bad]
