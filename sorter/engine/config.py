@@ -26,12 +26,12 @@ class EngineConfig:
     sndhwm: int = 1000                            # decision messages queued for the PLC side:
                                                   # small, so a stalled gateway holds seconds, not minutes
     linger_ms: int = 1000                         # how long close() may flush decisions
-    native_io: bool = True                        # drain/send through libzmq's C API if found
+    native_io: bool = True                        # accepted, no effect (one I/O path: pyzmq)
     max_frame: int = 16 * 1024 * 1024             # larger messages are malformed
     audit_dir: str = "audit"
     fsync_interval_s: float | None = 1.0          # 0: every batch; None: never (OS decides)
-    rotate_mb: float = 256.0
-    rotate_s: float = 3600.0
+    rotate_mb: float = 256.0                      # accepted, no effect (the compactor makes the files)
+    rotate_s: float = 3600.0                      # accepted, no effect
     log_level: str = "INFO"
     decision_version: int = 1                     # DECISION messages sent: 1, or 2 with decided_ns
                                                   # (docs/protocol.md 6.1; the PLC gateway uses it)

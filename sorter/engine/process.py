@@ -5,7 +5,7 @@ locks. The loop drains what is queued (up to `batch_max` events), never waits to
 and applies PLC feedback and control requests between batches: chute states and plan swaps
 take effect at batch boundaries. Write-before-send: a turn's record reaches the audit journal
 (the OS) before its DECISION message reaches the PLC socket; a decision that could not be
-journaled is withheld. The compactor thread turns the journal into Arrow files behind the
+journaled is withheld. The compactor process turns the journal into Arrow files behind the
 engine. docs/engine.md describes sockets, settings and behaviour.
 """
 from __future__ import annotations
