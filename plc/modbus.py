@@ -113,13 +113,6 @@ class ModbusGateway(PolledGateway):
         finally:
             self.engine.close()
 
-    def _drain(self, now: float) -> None:
-        items = self.engine.recv_decisions()
-        with self._lock:
-            self.backlog.extend(items)
-            self.backlog.expire(now)
-        self.engine.tick(now)
-
     async def _read(self, client, address: int, count: int, input_regs: bool = False) -> list[int]:
         out: list[int] = []
         for a in range(address, address + count, MAX_READ):

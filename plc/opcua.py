@@ -109,14 +109,6 @@ class OpcUaGateway(PolledGateway):
         finally:
             self.engine.close()
 
-    def _drain(self, now: float) -> None:
-        """Decisions from the engine into the backlog (stale ones expire there)."""
-        items = self.engine.recv_decisions()
-        with self._lock:
-            self.backlog.extend(items)
-            self.backlog.expire(now)
-        self.engine.tick(now)
-
     async def _session(self, client) -> None:
         from asyncua import ua
         m = self.model

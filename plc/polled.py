@@ -62,5 +62,13 @@ class PolledGateway:
                     "waiting": len(self.backlog), "stale_dropped": self.backlog.stale_dropped,
                     **self.counters, **self.engine.counters}
 
+    def _drain(self, now: float) -> None:
+        """Decisions from the engine into the backlog (stale ones expire there)."""
+        items = self.engine.recv_decisions()
+        with self._lock:
+            self.backlog.extend(items)
+            self.backlog.expire(now)
+        self.engine.tick(now)
+
     async def _main(self) -> None:
         raise NotImplementedError
